@@ -1,0 +1,62 @@
+"""The catalog: tables and their registered partitions (SQLite embedded, Glue on AWS).
+
+Queries read only registered partitions, as Athena does, so a file under an unregistered
+partition is invisible until `add_partitions` (or catalog repair) registers it. Partitions are
+added and dropped in batches within the backend's limits; adding a partition that exists, or
+dropping one that does not, is not an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class TableDef:
+    name: str
+    location: str  # s3://bucket/prefix/ of the table's data
+    schema: pa.Schema  # data columns (partition columns are not in the files)
+    partition_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, order=True)
+class Partition:
+    """Partition values in the order of the table's partition keys, e.g. ("2025-11-24", "21")."""
+
+    values: tuple[str, ...]
+
+    def location(self, table: TableDef) -> str:
+        parts = "/".join(f"{k}={v}" for k, v in zip(table.partition_keys, self.values, strict=True))
+        return f"{table.location.rstrip('/')}/{parts}/"
+
+
+class Catalog(Protocol):
+    def ensure_table(self, table: TableDef) -> None:
+        """Create the table, or update its schema and location (idempotent)."""
+        ...
+
+    def get_table(self, name: str) -> TableDef | None: ...
+
+    def list_tables(self) -> list[TableDef]: ...
+
+    def drop_table(self, name: str) -> None: ...
+
+    def add_partitions(self, table: str, partitions: Sequence[Partition]) -> int:
+        """Register partitions; returns how many were new.
+
+        Raises:
+            ConfigError: no such table, or values that do not match its partition keys.
+        """
+        ...
+
+    def drop_partitions(self, table: str, partitions: Sequence[Partition]) -> int:
+        """Unregister partitions; returns how many existed."""
+        ...
+
+    def list_partitions(self, table: str) -> Iterator[Partition]:
+        """Registered partitions, in order."""
+        ...
