@@ -126,9 +126,12 @@ def load_config(
     else:
         known = sorted({DEFAULT_ENV, *envs})
         raise ConfigError(
-            f"unknown environment {env!r}", hint=f"use one of {known} or add [env.{env}] to {CONFIG_FILE}"
+            f"unknown environment {env!r}",
+            hint=f"use one of {known} or add [env.{env}] to {CONFIG_FILE}",
         )
-    override = data_dir or (Path(os.environ["SLUICE_DATA_DIR"]) if os.environ.get("SLUICE_DATA_DIR") else None)
+    override = data_dir or (
+        Path(os.environ["SLUICE_DATA_DIR"]) if os.environ.get("SLUICE_DATA_DIR") else None
+    )
     if override is not None:
         cfg = replace(cfg, data_dir=override)
     return cfg

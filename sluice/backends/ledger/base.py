@@ -16,6 +16,7 @@ holds the claim (same token); otherwise they raise `LeaseLost` and change nothin
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -220,7 +221,7 @@ class Ledger(Protocol):
         """Records, oldest update first, optionally by status and age."""
         ...
 
-    def failures(self, bucket: str, key: str) -> list[FailureEvent]:
+    def failures(self, bucket: str, key: str) -> builtins.list[FailureEvent]:
         """The failure history of one object, oldest first."""
         ...
 

@@ -37,7 +37,7 @@ class Message:
 
 @dataclass(frozen=True)
 class SendBatchResult:
-    """Message ids of the entries sent, keyed by entry id, and reasons for the entries that failed."""
+    """Message ids of the entries sent and reasons for those that failed, by entry id."""
 
     sent: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,89 @@
+"""The `sluice` command line: parse options, open the environment, call one library function,
+render its result. Every command takes `--json`; every failure exits non-zero with the message
+and the next command to try."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sluice.cli.render import err_console, print_json
+from sluice.config import EnvConfig, load_config
+from sluice.env import Env, open_env
+from sluice.errors import SluiceError
+
+app = typer.Typer(
+    name="sluice",
+    help="A telemetry data lake that can be replayed: nothing lost, nothing doubled.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@dataclass
+class Options:
+    env_name: str
+    data_dir: Path | None
+    config_file: Path | None
+    json: bool
+
+    def config(self) -> EnvConfig:
+        return load_config(self.env_name, config_file=self.config_file, data_dir=self.data_dir)
+
+    def open(self) -> Env:
+        return open_env(self.config())
+
+
+def options(ctx: typer.Context) -> Options:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Options)
+    return obj
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    env: Annotated[str, typer.Option("--env", help="Environment in sluice.toml.")] = "local",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="SLUICE_DATA_DIR", help="Embedded data directory."),
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="Path of sluice.toml (default: ./sluice.toml).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    ctx.obj = Options(env, data_dir, config_file, json_output)
+
+
+def wants_json(ctx: typer.Context, flag: bool) -> bool:
+    return flag or options(ctx).json
+
+
+def fail(exc: SluiceError, as_json: bool) -> None:
+    if as_json:
+        print_json(exc.to_dict())
+    else:
+        err_console.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            err_console.print(f"[yellow]next:[/] {exc.hint}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sluice.cli.commands import pipeline  # noqa: F401  (registers the commands)
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        # Standalone mode: typer prints usage errors itself and exits 2.
+        app(args, prog_name="sluice")
+    except SluiceError as exc:
+        fail(exc, "--json" in args)
+        sys.exit(1)

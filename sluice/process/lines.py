@@ -1,0 +1,123 @@
+"""Stream the lines of a gzip JSONL raw object with bounded memory.
+
+A line is never held whole past MAX_LINE_BYTES: the rest of an overlong line is counted and
+skipped, and the line is reported truncated (the raw object keeps every byte of it).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from sluice.errors import CorruptObject, TransientError
+from sluice.gzipio import CORRUPT_GZIP_ERRORS, gzip_reader
+from sluice.process.parse import BOM, MAX_LINE_BYTES
+
+CHUNK_BYTES = 1024 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True, slots=True)
+class RawLine:
+    number: int  # 1-based
+    data: bytes  # without the line end; at most MAX_LINE_BYTES + 1 bytes
+    size: int  # the line's true length in bytes
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.data)
+
+
+class _MagicCheck(io.RawIOBase):
+    """Reads the first bytes to tell a gzip stream from anything else before decoding."""
+
+    def __init__(self, stream: BinaryIO, uri: str) -> None:
+        super().__init__()
+        head = stream.read(2)
+        if not head:
+            raise CorruptObject(
+                f"{uri} is a zero-byte object, not a gzip stream (was the upload cut off?)",
+                source_ref=uri,
+            )
+        if head != GZIP_MAGIC:
+            raise CorruptObject(
+                f"{uri} is not gzip (starts with {head!r}); raw objects must be gzip JSONL",
+                source_ref=uri,
+            )
+        self._head = head
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = len(self._head)
+            view[:n] = self._head
+            self._head = b""
+            return n
+        data = self._stream.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _decompressed_chunks(stream: BinaryIO, uri: str) -> Iterator[bytes]:
+    gz = gzip_reader(io.BufferedReader(_MagicCheck(stream, uri)))
+    try:
+        while chunk := gz.read(CHUNK_BYTES):
+            yield chunk
+    except EOFError as exc:
+        raise CorruptObject(f"{uri}: truncated gzip: {exc}", source_ref=uri) from exc
+    except CORRUPT_GZIP_ERRORS as exc:
+        raise CorruptObject(f"{uri}: corrupt gzip: {exc}", source_ref=uri) from exc
+    except OSError as exc:
+        raise TransientError(f"{uri}: read failed: {exc}", source_ref=uri) from exc
+
+
+def _clean(line: bytes, number: int) -> bytes:
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if number == 1 and line.startswith(BOM):
+        line = line[len(BOM) :]
+    return line
+
+
+def iter_lines(stream: BinaryIO, uri: str) -> Iterator[RawLine]:
+    """Lines of a gzip JSONL stream: CRLF ends and a leading UTF-8 BOM removed.
+
+    Raises:
+        CorruptObject: zero bytes, not gzip, corrupt or truncated gzip (terminal).
+        TransientError: the underlying read failed.
+    """
+    number = 0
+    pending = bytearray()
+    overflow = 0  # bytes of the current overlong line beyond what `pending` keeps
+    for chunk in _decompressed_chunks(stream, uri):
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                rest = chunk[start:]
+                room = MAX_LINE_BYTES + 1 - len(pending)
+                pending += rest[: max(room, 0)]
+                overflow += max(len(rest) - max(room, 0), 0)
+                break
+            piece = chunk[start:end]
+            number += 1
+            if pending or overflow:
+                room = MAX_LINE_BYTES + 1 - len(pending)
+                pending += piece[: max(room, 0)]
+                size = len(pending) + overflow + max(len(piece) - max(room, 0), 0)
+                line, pending, overflow = bytes(pending), bytearray(), 0
+            else:
+                line, size = piece, len(piece)
+            cleaned = _clean(line, number)
+            yield RawLine(number, cleaned, size - (len(line) - len(cleaned)))
+            start = end + 1
+    if pending or overflow:
+        number += 1
+        cleaned = _clean(bytes(pending), number)
+        yield RawLine(number, cleaned, len(pending) + overflow - (len(pending) - len(cleaned)))

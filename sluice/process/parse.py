@@ -1,0 +1,218 @@
+"""One raw line → one validated event, or the reason it is quarantined (DESIGN §4).
+
+Checks depend only on the line and its raw object (its arrival time), never on the clock of the
+machine that runs them, so reprocessing the same object always gives the same result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from sluice.process.schemas import ASSERTION_FIELDS, SPECS, FieldKind
+
+BOM = b"\xef\xbb\xbf"
+MAX_LINE_BYTES = 1024 * 1024
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_AHEAD_OF_ARRIVAL = timedelta(days=1)
+INT32_RANGE = (-(2**31), 2**31 - 1)
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$"
+)
+_decode = msgspec.json.Decoder().decode
+_encode_json = msgspec.json.Encoder(order="sorted").encode
+
+REQUIRED_STRINGS = ("event_id", "type", "event_kind", "device_id")
+ENVELOPE_KNOWN = frozenset((*REQUIRED_STRINGS, "occurred_at", "schema_version", "batch_id"))
+TOP_LEVEL_KNOWN = frozenset(("envelope", "payload"))
+
+
+class LineRejected(Exception):
+    """A line that goes to quarantine. `code` groups reasons; `reason` names the field."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    event_id: str
+    event_kind: str
+    device_id: str
+    occurred_at: datetime
+    schema_version: int
+    batch_id: str | None
+    envelope_extra: str | None
+    payload: tuple[Any, ...]  # values in the table's payload field order
+    payload_extra: str | None
+    # One tuple per assertion: ASSERTION_FIELDS values, then the element's extra JSON.
+    assertions: tuple[tuple[Any, ...], ...]
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), "number"
+    )
+
+
+def _check(value: Any, kind: FieldKind, where: str) -> Any:
+    """The value if it fits the column kind, else LineRejected naming the field."""
+    if value is None:
+        return None
+    t = type(value)
+    if kind is FieldKind.STRING:
+        if t is str:
+            return value
+    elif kind is FieldKind.BOOL:
+        if t is bool:
+            return value
+    elif kind is FieldKind.DOUBLE:
+        if t is float or t is int:
+            return float(value)
+    else:
+        if t is float and value.is_integer():
+            value = int(value)
+            t = int
+        if t is int:
+            lo, hi = INT32_RANGE if kind is FieldKind.INT32 else INT64_RANGE
+            if lo <= value <= hi:
+                return value
+            raise LineRejected("out_of_range", f"{where}: {value} does not fit {kind.value}")
+    raise LineRejected("wrong_type", f"{where}: expected {kind.value}, got {_type_name(value)}")
+
+
+def _extra(obj: dict[str, Any], known: frozenset[str] | dict[str, Any]) -> str | None:
+    unknown = {k: v for k, v in obj.items() if k not in known}
+    return _encode_json(unknown).decode() if unknown else None
+
+
+def parse_timestamp(value: Any, where: str) -> datetime:
+    """RFC 3339 → aware UTC datetime; a timestamp without an offset is read as UTC."""
+    if type(value) is not str:
+        raise LineRejected(
+            "wrong_type", f"{where}: expected RFC 3339 string, got {_type_name(value)}"
+        )
+    if not _RFC3339.match(value):
+        raise LineRejected("bad_timestamp", f"{where}: not an RFC 3339 timestamp: {value[:64]!r}")
+    try:
+        ts = datetime.fromisoformat(value.upper().replace(" ", "T"))
+    except ValueError as exc:
+        raise LineRejected("bad_timestamp", f"{where}: {exc}: {value[:64]!r}") from exc
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def decode_line(line: bytes) -> Any:
+    """JSON value of one line (BOM and CR already stripped)."""
+    if len(line) > MAX_LINE_BYTES:
+        raise LineRejected("line_too_long", f"line is {len(line)} bytes, over {MAX_LINE_BYTES}")
+    try:
+        return _decode(line)
+    except UnicodeDecodeError as exc:
+        raise LineRejected("invalid_utf8", f"not valid UTF-8 at byte {exc.start}") from exc
+    except msgspec.DecodeError as exc:
+        raise LineRejected("invalid_json", f"invalid JSON: {exc}") from exc
+
+
+def parse_event(obj: Any, arrived_at: datetime) -> Event:
+    """Validate a decoded line. Raises LineRejected with a reason that names the field."""
+    if type(obj) is not dict:
+        raise LineRejected("not_object", f"line is a JSON {_type_name(obj)}, not an object")
+    env = obj.get("envelope")
+    if type(env) is not dict:
+        missing = "missing" if env is None else f"expected object, got {_type_name(env)}"
+        raise LineRejected("missing_field" if env is None else "wrong_type", f"envelope: {missing}")
+    for name in REQUIRED_STRINGS:
+        value = env.get(name)
+        if value is None:
+            raise LineRejected("missing_field", f"envelope.{name}: missing or null")
+        if type(value) is not str or not value:
+            raise LineRejected(
+                "wrong_type", f"envelope.{name}: expected non-empty string, got {_type_name(value)}"
+            )
+    type_ = env["type"]
+    spec = SPECS.get(type_)
+    if spec is None:
+        raise LineRejected("unknown_type", f"envelope.type: unknown type {type_[:64]!r}")
+    occurred = env.get("occurred_at")
+    if occurred is None:
+        raise LineRejected("missing_field", "envelope.occurred_at: missing or null")
+    occurred_at = parse_timestamp(occurred, "envelope.occurred_at")
+    if occurred_at < EARLIEST:
+        raise LineRejected(
+            "bad_timestamp", f"envelope.occurred_at: {occurred} is before 2000-01-01"
+        )
+    if occurred_at > arrived_at + MAX_AHEAD_OF_ARRIVAL:
+        raise LineRejected(
+            "bad_timestamp",
+            f"envelope.occurred_at: {occurred} is more than a day after arrival "
+            f"({arrived_at.isoformat()})",
+        )
+    version = env.get("schema_version")
+    if version is None:
+        raise LineRejected("missing_field", "envelope.schema_version: missing or null")
+    if type(version) is not int:
+        raise LineRejected(
+            "wrong_type", f"envelope.schema_version: expected integer, got {_type_name(version)}"
+        )
+    _check(version, FieldKind.INT64, "envelope.schema_version")
+    batch_id = _check(env.get("batch_id"), FieldKind.STRING, "envelope.batch_id")
+
+    payload = obj.get("payload")
+    if payload is None:
+        payload = {}
+    elif type(payload) is not dict:
+        raise LineRejected("wrong_type", f"payload: expected object, got {_type_name(payload)}")
+    fields = spec.payload_fields
+    values = tuple(_check(payload.get(n), k, f"payload.{n}") for n, k in fields.items())
+    known = fields.keys() | {"assertions"}
+    extra_payload = {k: v for k, v in payload.items() if k not in known}
+
+    envelope_extra = _extra(env, ENVELOPE_KNOWN)
+    top_extra = {k: v for k, v in obj.items() if k not in TOP_LEVEL_KNOWN}
+    if top_extra:
+        # Top-level keys other than envelope/payload are kept with the payload's extras, under
+        # a prefix that cannot clash with a payload field name.
+        extra_payload.update({f"$.{k}": v for k, v in top_extra.items()})
+    payload_extra = _encode_json(extra_payload).decode() if extra_payload else None
+    return Event(
+        type=type_,
+        event_id=env["event_id"],
+        event_kind=env["event_kind"],
+        device_id=env["device_id"],
+        occurred_at=occurred_at,
+        schema_version=version,
+        batch_id=batch_id,
+        envelope_extra=envelope_extra,
+        payload=values,
+        payload_extra=payload_extra,
+        assertions=_assertions(payload.get("assertions")),
+    )
+
+
+def _assertions(value: Any) -> tuple[tuple[Any, ...], ...]:
+    if value is None:
+        return ()
+    if type(value) is not list:
+        raise LineRejected(
+            "wrong_type", f"payload.assertions: expected array, got {_type_name(value)}"
+        )
+    out = []
+    for i, element in enumerate(value):
+        where = f"payload.assertions[{i}]"
+        if type(element) is not dict:
+            raise LineRejected("wrong_type", f"{where}: expected object, got {_type_name(element)}")
+        checked = [_check(element.get(n), k, f"{where}.{n}") for n, k in ASSERTION_FIELDS.items()]
+        checked.append(_extra(element, ASSERTION_FIELDS))
+        out.append(tuple(checked))
+    return tuple(out)
