@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import msgspec
 
@@ -50,44 +49,44 @@ RESEND_WINDOW = 512  # a device resends one of its recent events, not one from d
 PROGRESS_EVERY = 8192
 
 Json = dict[str, Any]
+T = TypeVar("T")
 
 _REQUIRED = ("event_id", "type", "event_kind", "device_id", "occurred_at", "schema_version")
-_TYPE_WEIGHTS = (5, 2, 3)
-_EVENT_KINDS = ("assertion", "heartbeat", "state_change")
-_KIND_WEIGHTS = (4, 4, 2)
-_OFFSETS = (
-    timedelta(hours=2),
-    timedelta(hours=-5),
-    timedelta(hours=5, minutes=30),
-    timedelta(hours=9),
-)
+# Weighted choices as pools picked uniformly: lock 50%, bridge 20%, video_doorbell 30%.
+_TYPE_POOL = ("lock",) * 5 + ("bridge",) * 2 + ("video_doorbell",) * 3
+_KIND_POOL = ("assertion", "heartbeat") * 2 + ("state_change",)
+_OFFSETS = tuple(timedelta(minutes=m) for m in (120, -300, 330, 540))
 _BLANKS = (b"\n", b"   \n", b"\t\n", b" \r\n", b"\r\n")
 _COMPONENTS = {
     "lock": ("motor", "bolt", "battery", "keypad", "door_sensor"),
     "bridge": ("wifi", "ble_radio", "cpu", "storage", "power"),
     "video_doorbell": ("camera", "microphone", "button", "pir_sensor", "battery"),
 }
-_WRONG_TYPED_FIELD = {
-    "lock": "battery_pct",
-    "bridge": "connected_devices",
-    "video_doorbell": "ring_count",
-}
+_WRONG_TYPED_FIELD = {"lock": "battery_pct", "bridge": "cpu_pct", "video_doorbell": "ring_count"}
 _NON_UTF8_MARK = "@@non-utf8@@"
 
-_FIELD_VALUES: dict[str, Callable[[random.Random], Any]] = {
-    "battery_pct": lambda r: r.randint(0, 100),
-    "lock_state": lambda r: r.choice(("locked", "unlocked", "jammed")),
-    "door_state": lambda r: r.choice(("open", "closed", "ajar")),
-    "auto_lock_enabled": lambda r: r.random() < 0.7,
-    "rssi_dbm": lambda r: r.randint(-100, -30),
-    "wifi_rssi_dbm": lambda r: r.randint(-90, -25),
-    "uptime_s": lambda r: r.randint(0, 90 * 86_400),
-    "connected_devices": lambda r: r.randint(0, 32),
-    "cpu_pct": lambda r: round(r.uniform(0, 100), 2),
-    "motion_detected": lambda r: r.random() < 0.3,
-    "ring_count": lambda r: r.randint(0, 20),
-    "video_bitrate_kbps": lambda r: round(r.uniform(500, 4000), 1),
-    "firmware_version": lambda r: r.choice(("1.4.2", "1.5.0", "2.0.1-rc1")),
+Uniform = Callable[[], float]  # random.Random.random: drawing through it is several times faster
+
+
+def _pick(r: Uniform, values: Sequence[T]) -> T:
+    return values[int(r() * len(values))]
+
+
+# Each value fits its column kind in schemas.PAYLOAD_FIELDS by construction (int32 stays small).
+_FIELD_VALUES: dict[str, Callable[[Uniform], Any]] = {
+    "battery_pct": lambda r: int(r() * 101),
+    "lock_state": lambda r: _pick(r, ("locked", "unlocked", "jammed")),
+    "door_state": lambda r: _pick(r, ("open", "closed", "ajar")),
+    "auto_lock_enabled": lambda r: r() < 0.7,
+    "rssi_dbm": lambda r: -100 + int(r() * 71),
+    "wifi_rssi_dbm": lambda r: -90 + int(r() * 66),
+    "uptime_s": lambda r: int(r() * 90 * 86_400),
+    "connected_devices": lambda r: int(r() * 33),
+    "cpu_pct": lambda r: round(r() * 100, 2),
+    "motion_detected": lambda r: r() < 0.3,
+    "ring_count": lambda r: int(r() * 21),
+    "video_bitrate_kbps": lambda r: round(500 + r() * 3500, 1),
+    "firmware_version": lambda r: _pick(r, ("1.4.2", "1.5.0", "2.0.1-rc1")),
 }
 
 _encode = msgspec.json.Encoder().encode
@@ -147,72 +146,78 @@ class _Telemetry:
 
     def __init__(self, rng: random.Random, now: datetime, days: int) -> None:
         self.rng = rng
+        self.r = rng.random
         self.now = now
         end = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
         hours = days * 24
         self.slots = [end - timedelta(hours=hours - k) for k in range(hours)]
+        self.hour_prefix = [f"{t:%Y-%m-%dT%H}:" for t in self.slots]
+        self.partition = [f"day={t:%Y-%m-%d}/hour={t:%H}" for t in self.slots]
         self.devices = {
             t: [f"{t}-{rng.getrandbits(40):010x}" for _ in range(DEVICES_PER_TYPE)] for t in TYPES
         }
         self.batch_id = self._uuid()
 
     def _uuid(self) -> str:
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
-
-    def _at(self, slot: int) -> datetime:
-        return self.slots[slot] + timedelta(milliseconds=self.rng.randrange(3_600_000))
+        h = f"{self.rng.getrandbits(128):032x}"
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
     def _assertion(self, type_: str) -> Json:
-        rng = self.rng
-        passed = rng.random() < 0.9
-        element: Json = {"component_name": rng.choice(_COMPONENTS[type_]), "passed": passed}
+        r = self.r
+        passed = r() < 0.9
+        element: Json = {"component_name": _pick(r, _COMPONENTS[type_]), "passed": passed}
         if not passed:
-            element["code"] = f"E{rng.randint(100, 999)}"
-        if rng.random() < 0.5:
-            element["measured_value"] = round(rng.uniform(0, 5), 3)
-        if rng.random() < 0.02:
+            element["code"] = f"E{100 + int(r() * 900)}"
+        if r() < 0.5:
+            element["measured_value"] = round(r() * 5, 3)
+        if r() < 0.02:
             element["unit"] = "V"  # unknown key: goes to payload__assertion__extra
         return element
 
-    def event(self, type_: str, at: datetime) -> Json:
-        rng = self.rng
-        if rng.random() < 0.02:
+    def event(self, type_: str, slot: int) -> Json:
+        """A valid event of `type_` at a random millisecond of hour `slot`."""
+        r = self.r
+        if r() < 0.02:
             self.batch_id = self._uuid()
-        kind = rng.choices(_EVENT_KINDS, _KIND_WEIGHTS)[0]
-        offset = rng.choice(_OFFSETS) if rng.random() < 0.04 else None
+        kind = _pick(r, _KIND_POOL)
+        ms = int(r() * 3_600_000)
+        if r() < 0.04:
+            occurred = _rfc3339(self.slots[slot] + timedelta(milliseconds=ms), _pick(r, _OFFSETS))
+        else:
+            minute, ms = divmod(ms, 60_000)
+            occurred = f"{self.hour_prefix[slot]}{minute:02d}:{ms // 1000:02d}.{ms % 1000:03d}Z"
         envelope: Json = {
             "event_id": self._uuid(),
             "type": type_,
             "event_kind": kind,
-            "device_id": rng.choice(self.devices[type_]),
-            "occurred_at": _rfc3339(at, offset),
+            "device_id": _pick(r, self.devices[type_]),
+            "occurred_at": occurred,
             "schema_version": 1,
             "batch_id": self.batch_id,
         }
-        payload: Json = {name: _FIELD_VALUES[name](rng) for name in PAYLOAD_FIELDS[type_]}
-        if rng.random() < 0.1:
-            del payload[rng.choice(list(payload))]
-        if rng.random() < 0.03:
-            payload["debug_note"] = f"trace {rng.getrandbits(32):08x}"
+        payload: Json = {name: _FIELD_VALUES[name](r) for name in PAYLOAD_FIELDS[type_]}
+        if r() < 0.1:
+            del payload[_pick(r, list(payload))]
+        if r() < 0.03:
+            payload["debug_note"] = f"trace {self.rng.getrandbits(32):08x}"
         if kind == "assertion":
-            payload["assertions"] = [self._assertion(type_) for _ in range(rng.randint(1, 5))]
-        elif rng.random() < 0.03:
+            payload["assertions"] = [self._assertion(type_) for _ in range(1 + int(r() * 5))]
+        elif r() < 0.03:
             payload["assertions"] = []
         return {"envelope": envelope, "payload": payload}
 
     def good(self, slot: int) -> _Good:
-        type_ = self.rng.choices(TYPES, _TYPE_WEIGHTS)[0]
-        at = self._at(slot)
-        event = self.event(type_, at)
+        type_ = _pick(self.r, _TYPE_POOL)
+        event = self.event(type_, slot)
         table = table_name(type_)
         rows = len(event["payload"].get("assertions") or ()) or 1
-        return _Good(_encode(event), table, f"{table}/day={at:%Y-%m-%d}/hour={at:%H}", rows)
+        return _Good(_encode(event), table, f"{table}/{self.partition[slot]}", rows)
 
     def bad(self, kind: str) -> bytes:
         """One line that is bad for the reason `kind` names and for no other."""
-        rng = self.rng
-        type_ = rng.choice(TYPES)
-        event = self.event(type_, self._at(rng.randrange(len(self.slots))))
+        rng, r = self.rng, self.r
+        type_ = _pick(r, TYPES)
+        event = self.event(type_, int(r() * len(self.slots)))
         env, payload = event["envelope"], event["payload"]
         if kind == "invalid_json":
             body = _encode(event)  # a strict prefix of an object is never valid JSON
@@ -239,7 +244,7 @@ class _Telemetry:
             future = self.now + timedelta(days=30, milliseconds=rng.randrange(3_600_000))
             env["occurred_at"] = _rfc3339(future)
         elif kind == "wrong_payload_type":
-            if rng.random() < 0.5:
+            if r() < 0.5:
                 payload[_WRONG_TYPED_FIELD[type_]] = "high"
             else:
                 payload["assertions"] = "motor ok"
@@ -321,7 +326,7 @@ def _write(
     kinds: tuple[str, ...],
     on_progress: Callable[[int], None] | None,
 ) -> GenerateResult:
-    rng = telemetry.rng
+    r = telemetry.r
     hours = len(telemetry.slots)
     # The first good line cannot be a resend, so at least one event is fresh.
     left_resend = resent = min(round(resend_fraction * events), max(events - 1, 0))
@@ -338,7 +343,7 @@ def _write(
     rotation = good_written = 0
     for _ in range(events + blank + bad):
         # Drawing each line's class from what is left gives exact counts in one streaming pass.
-        pick = rng.randrange(left_bad + left_blank + left_fresh + left_resend)
+        pick = int(r() * (left_bad + left_blank + left_fresh + left_resend))
         if pick < left_bad:
             left_bad -= 1
             kind = kinds[rotation % len(kinds)]
@@ -350,14 +355,14 @@ def _write(
             buffer.append(telemetry.bad(kind) + b"\n")
         elif pick < left_bad + left_blank:
             left_blank -= 1
-            buffer.append(rng.choice(_BLANKS))
+            buffer.append(_pick(r, _BLANKS))
         else:
             resend = bool(recent) and (
-                left_fresh == 0 or rng.randrange(left_fresh + left_resend) < left_resend
+                left_fresh == 0 or r() * (left_fresh + left_resend) < left_resend
             )
             if resend:
                 left_resend -= 1
-                good = rng.choice(recent)
+                good = _pick(r, recent)
             else:
                 good = telemetry.good((fresh_total - left_fresh) * hours // fresh_total)
                 left_fresh -= 1
@@ -365,7 +370,7 @@ def _write(
                 distinct[good.table] += good.rows
             rows[good.table] += good.rows
             partitions[good.partition] += good.rows
-            buffer.append(good.body + (b"\r\n" if rng.random() < 0.03 else b"\n"))
+            buffer.append(good.body + (b"\r\n" if r() < 0.03 else b"\n"))
             good_written += 1
             if on_progress is not None and good_written % PROGRESS_EVERY == 0:
                 on_progress(good_written)

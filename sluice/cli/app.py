@@ -78,8 +78,6 @@ def fail(exc: SluiceError, as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sluice.cli.commands import pipeline  # noqa: F401  (registers the commands)
-
     args = sys.argv[1:] if argv is None else argv
     try:
         # Standalone mode: typer prints usage errors itself and exits 2.
@@ -87,3 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     except SluiceError as exc:
         fail(exc, "--json" in args)
         sys.exit(1)
+
+
+# Command modules register themselves on `app`; imported last because they import `app`.
+from sluice.cli.commands import pipeline  # noqa: E402, F401

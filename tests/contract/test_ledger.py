@@ -312,6 +312,18 @@ def test_redrive_id_processed_once(ledger: Ledger) -> None:
                         redrive_id="r2").outcome is ClaimOutcome.REDRIVE_DONE
 
 
+def test_redrive_id_is_done_per_object(ledger: Ledger) -> None:
+    """One redrive run may send the same id with every object it redrives."""
+    other = SourceRef("raw", "raw/other.gz", "e")
+    ledger.complete(claimed(ledger, force=True, redrive_id="run-1"), OUTS, COUNTS,
+                    redrive_id="run-1")
+    claim = claimed(ledger, other, force=True, redrive_id="run-1")
+    ledger.complete(claim, OUTS, COUNTS, redrive_id="run-1")
+    for source in (SRC, other):
+        result = ledger.claim(source, "w", LEASE, force=True, redrive_id="run-1")
+        assert result.outcome is ClaimOutcome.REDRIVE_DONE
+
+
 def test_pending_outputs_persist_until_complete(ledger: Ledger, clock: FakeClock) -> None:
     claim = claimed(ledger)
     ledger.record_pending_outputs(claim, ["a.parquet", "b.parquet"])
@@ -476,17 +488,20 @@ def test_concurrent_claims_have_one_winner(backend: str, tmp_path: Path) -> None
         proc.start()
     got: list[tuple[int, str, str]] = []
     deadline = time.monotonic() + 60
+    finished = False
     try:
         while len(got) < ROUNDS * RACERS:
             crashed = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
             assert not crashed and time.monotonic() < deadline, (crashed, len(got))
             with contextlib.suppress(queue.Empty):
                 got.append(results.get(timeout=0.5))
+        finished = True
     finally:
         for proc in procs:
-            proc.join(timeout=30)
+            proc.join(timeout=30 if finished else 0)
             if proc.is_alive():
                 proc.kill()
+                proc.join()
     assert [proc.exitcode for proc in procs] == [0] * RACERS
     for n in range(ROUNDS):
         fresh = sorted(f for r, f, _ in got if r == n)

@@ -66,10 +66,11 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_by_update ON files (updated_at, bucket, key);
 CREATE INDEX IF NOT EXISTS files_by_status ON files (status, updated_at, bucket, key);
 CREATE TABLE IF NOT EXISTS redrives (
-    redrive_id TEXT PRIMARY KEY,
     bucket TEXT NOT NULL,
     key TEXT NOT NULL,
-    done_at INTEGER NOT NULL
+    redrive_id TEXT NOT NULL,
+    done_at INTEGER NOT NULL,
+    PRIMARY KEY (bucket, key, redrive_id)
 );
 CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -175,8 +176,10 @@ class SqliteLedger:
                 "SELECT * FROM files WHERE bucket = ? AND key = ?", (source.bucket, source.key)
             ).fetchone()
             current = None if row is None else _record(row)
+            # Done redrives are per object: one redrive run may send its id with many objects.
             if redrive_id is not None and conn.execute(
-                "SELECT 1 FROM redrives WHERE redrive_id = ?", (redrive_id,)
+                "SELECT 1 FROM redrives WHERE bucket = ? AND key = ? AND redrive_id = ?",
+                (source.bucket, source.key, redrive_id),
             ).fetchone():
                 return ClaimResult(ClaimOutcome.REDRIVE_DONE, record=current)
             if current is None:
@@ -192,7 +195,7 @@ class SqliteLedger:
             else:
                 # Any unexpired lease blocks, whoever holds it: claim() carries no token, so
                 # even the same owner asking again is a second, concurrent claim.
-                if current.status is FileStatus.PROCESSING and False:
+                if current.status is FileStatus.PROCESSING and not current.is_stuck(now):
                     return ClaimResult(ClaimOutcome.BUSY, record=current)
                 same_input = current.etag == source.etag
                 if current.status is FileStatus.COMPLETED and same_input and not force:
@@ -256,9 +259,9 @@ class SqliteLedger:
             )
             if redrive_id is not None:
                 conn.execute(
-                    "INSERT INTO redrives (redrive_id, bucket, key, done_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (redrive_id) DO NOTHING",
-                    (redrive_id, source.bucket, source.key, now_us),
+                    "INSERT INTO redrives (bucket, key, redrive_id, done_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (source.bucket, source.key, redrive_id, now_us),
                 )
             return self._require(conn, source.bucket, source.key)
 

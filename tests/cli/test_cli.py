@@ -1,0 +1,101 @@
+"""The command line: every command documented, `--json` everywhere, clear failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sluice.cli.app import app, main
+
+COMMANDS = ["demo", "generate", "ingest", "worker", "query"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SLUICE_DATA_DIR", "SLUICE_CONFIG")}
+    return subprocess.run(
+        [sys.executable, "-m", "sluice.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_every_command_has_help_and_json() -> None:
+    main_help = run("--help")
+    assert main_help.returncode == 0
+    for name in COMMANDS:
+        assert name in main_help.stdout
+        result = run(name, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "--json" in result.stdout, f"{name} has no --json"
+    registered = {c.name or c.callback.__name__ for c in app.registered_commands}  # type: ignore[union-attr]
+    assert registered == set(COMMANDS)
+
+
+def test_generate_ingest_worker_query_as_json(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    gen = run("--json", "generate", "-o", str(tmp_path / "t.ndjson"), "--events", "300")
+    assert gen.returncode == 0, gen.stderr
+    expected = json.loads(gen.stdout)
+    ing = run("--data-dir", data, "ingest", str(tmp_path / "t.ndjson"), "--json")
+    assert ing.returncode == 0, ing.stderr
+    assert json.loads(ing.stdout)["lines"] == expected["lines"]
+    work = run("--data-dir", data, "worker", "--until-idle", "--json")
+    assert work.returncode == 0, work.stderr
+    stats = json.loads(work.stdout)
+    assert stats["rows"] == sum(expected["rows"].values())
+    assert stats["quarantined_lines"] == sum(expected["bad_lines"].values())
+    q = run("--data-dir", data, "query", "SELECT count(*) AS n FROM telemetry_lock_flat", "--json")
+    assert q.returncode == 0, q.stderr
+    assert json.loads(q.stdout) == [{"n": expected["rows"]["telemetry_lock_flat"]}]
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["ingest", "/nonexistent/file.ndjson"], "does not exist"),
+        (["query", "SELEC nonsense"], "syntax"),
+        (["query", "SELECT * FROM no_such_table"], "no_such_table"),
+        (["query", "   "], "empty SQL"),
+        (["--env", "nowhere", "query", "SELECT 1"], "unknown environment"),
+        (["worker", "--processes", "0"], "at least 1"),
+        (["generate", "--events", "-5"], "events"),
+        (["ingest", "x", "--max-object-mb", "-1"], "positive"),
+    ],
+)
+def test_failures_exit_nonzero_with_a_clear_message(
+    tmp_path: Path, args: list[str], text: str
+) -> None:
+    result = run("--data-dir", str(tmp_path / "data"), *args)
+    assert result.returncode != 0
+    assert text.lower() in (result.stderr + result.stdout).lower()
+    as_json = run("--data-dir", str(tmp_path / "data"), "--json", *args)
+    assert as_json.returncode != 0
+    assert "error" in json.loads(as_json.stdout)
+
+
+def test_unknown_flag_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("worker", "--until-idel")
+    assert result.returncode == 2
+    assert "--until-idel" in result.stderr
+
+
+def test_bad_config_file_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "sluice.toml").write_text("[env.local]\nvisibility_timeout = 3\n")
+    result = run("query", "SELECT 1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "unknown key" in result.stderr and "visibility_timeout" in result.stderr
+
+
+def test_main_entry_point_returns_usage_for_no_args(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code in (0, 2)
+    assert "Usage" in capsys.readouterr().out + capsys.readouterr().err

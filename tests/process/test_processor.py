@@ -1,0 +1,220 @@
+"""process_object on the embedded backends: outputs, quarantine, replacement, bad objects."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from sluice.backends.ledger.base import FileStatus
+from sluice.env import Env
+from sluice.errors import CorruptObject, InvalidKey, ObjectNotFound
+from sluice.layout import ObjectUri, parse_verified_key, source_hash
+from sluice.process.processor import ProcessOutcome, process_object
+from tests.conftest import line, make_event, put_raw
+
+# Incompressible content, so that cutting or overwriting bytes hits the deflate stream.
+NOISY_GZIP = gzip.compress(
+    b"".join(line({"n": random.Random(1).randbytes(40).hex()}) + b"\n" for _ in range(2000))
+)
+
+
+def verified_files(env: Env) -> dict[str, int]:
+    bucket = env.config.buckets.verified
+    out = {}
+    for info in env.store.list(bucket):
+        with env.store.open(bucket, info.key) as f:
+            out[info.key] = pq.read_metadata(f).num_rows
+    return out
+
+
+def quarantine_records(env: Env) -> list[dict[str, Any]]:
+    bucket = env.config.buckets.quarantine
+    records = []
+    for info in env.store.list(bucket):
+        with env.store.open(bucket, info.key) as f:
+            records += [json.loads(x) for x in gzip.decompress(f.read()).splitlines()]
+    return records
+
+
+def test_good_object_writes_one_file_per_type_day_hour(env: Env) -> None:
+    uri = put_raw(
+        env,
+        [
+            line(make_event("a", occurred_at="2025-11-24T21:00:00Z")),
+            line(make_event("b", occurred_at="2025-11-24T21:59:59Z", assertions=0)),
+            line(make_event("c", occurred_at="2025-11-24T22:00:00Z")),
+            line(make_event("d", type_="bridge", cpu_pct=1.5, assertions=0)),
+        ],
+    )
+    result = process_object(env, uri)
+    assert result.outcome is ProcessOutcome.COMPLETED
+    files = verified_files(env)
+    h = source_hash(str(uri))
+    assert files == {
+        f"telemetry_flat/type=lock/day=2025-11-24/hour=21/{h}.parquet": 3,
+        f"telemetry_flat/type=lock/day=2025-11-24/hour=22/{h}.parquet": 2,
+        f"telemetry_flat/type=bridge/day=2025-11-24/hour=21/{h}.parquet": 1,
+    }
+    record = env.ledger.get(uri.bucket, uri.key)
+    assert record is not None and record.status is FileStatus.COMPLETED
+    assert record.counts is not None and (record.counts.lines, record.counts.rows) == (4, 6)
+    assert {o.key for o in record.outputs} == set(files)
+    partitions = {p.values for p in env.catalog.list_partitions("telemetry_lock_flat")}
+    assert partitions == {("2025-11-24", "21"), ("2025-11-24", "22")}
+
+
+def test_bad_lines_quarantined_good_lines_kept(env: Env) -> None:
+    good = line(make_event("g1"))
+    lines = [
+        b"\xef\xbb\xbf" + good,  # BOM on the first line: stripped, kept
+        line(make_event("g2")) + b"\r",  # CRLF: kept
+        b"",
+        b"   \t",
+        b"not json",
+        b"[1,2]",
+        b"{}",
+        b'{"envelope": "\xff"}',
+        line(make_event("bad-type", type_="toaster")),
+        line(make_event("bad-ts", occurred_at="soon")),
+        line(make_event("wrong", battery_pct="high")),
+        b'{"x": "' + b"y" * (3 * 1024 * 1024) + b'"}',  # several MB
+        line(make_event("g3", assertions=0)),
+    ]
+    uri = put_raw(env, lines)
+    result = process_object(env, uri)
+    counts = result.counts
+    assert counts is not None
+    assert (counts.lines, counts.blank_lines, counts.good_lines) == (13, 2, 3)
+    assert counts.quarantined_lines == 8
+    assert counts.rows == 5
+    records = quarantine_records(env)
+    assert sorted(r["line"] for r in records) == [5, 6, 7, 8, 9, 10, 11, 12]
+    by_line = {r["line"]: r for r in records}
+    assert by_line[5]["reason_code"] == "invalid_json" and by_line[5]["raw"] == "not json"
+    assert by_line[8]["reason_code"] == "invalid_utf8" and "raw_b64" in by_line[8]
+    assert "envelope.type" in by_line[9]["reason"]
+    assert "payload.battery_pct" in by_line[11]["reason"]
+    assert by_line[12]["reason_code"] == "line_too_long"
+    assert by_line[12]["bytes"] == 3 * 1024 * 1024 + 9 and by_line[12]["raw_truncated"] is True
+    assert all(r["source_ref"] == str(uri) for r in records)
+    assert counts.quarantine_reasons["invalid_json"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "error", "text"),
+    [
+        ("zero-byte", b"", CorruptObject, "zero-byte"),
+        ("not gzip", b'{"a": 1}\n', CorruptObject, "not gzip"),
+        ("truncated", NOISY_GZIP[: len(NOISY_GZIP) // 2], CorruptObject, "truncated"),
+        ("corrupt", NOISY_GZIP[:200] + b"\x00" * 64 + NOISY_GZIP[264:], CorruptObject, "corrupt"),
+    ],
+)
+def test_unreadable_object_fails_terminally_and_keeps_previous_outputs(
+    env: Env, name: str, raw: bytes, error: type[Exception], text: str
+) -> None:
+    uri = put_raw(env, [line(make_event("keep"))])
+    process_object(env, uri)
+    before = verified_files(env)
+    env.store.put(uri.bucket, uri.key, raw)  # the object changes: a new ETag, a new input
+    with pytest.raises(error, match=text):
+        process_object(env, uri)
+    assert verified_files(env) == before
+    record = env.ledger.get(uri.bucket, uri.key)
+    assert record is not None and record.status is FileStatus.FAILED and record.terminal
+    assert record.error_class == "CorruptObject" and text in (record.last_error or "")
+    assert {o.key for o in record.outputs} == set(before)
+
+
+def test_missing_object_is_recorded_as_terminal_failure(env: Env) -> None:
+    uri = ObjectUri(env.config.buckets.raw, "raw/json_telemetry/nope.gz")
+    with pytest.raises(ObjectNotFound):
+        process_object(env, uri, correlation_id="corr-1")
+    record = env.ledger.get(uri.bucket, uri.key)
+    assert record is not None and record.status is FileStatus.FAILED and record.terminal
+    failures = env.ledger.failures(uri.bucket, uri.key)
+    assert failures[-1].correlation_id == "corr-1"
+
+
+@pytest.mark.parametrize("key", ["../outside.gz", "raw/../../x.gz", "/etc/passwd"])
+def test_hostile_keys_are_refused(env: Env, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        process_object(env, ObjectUri(env.config.buckets.raw, key))
+
+
+def test_reprocessing_is_skipped_unless_forced_and_replaces_in_place(env: Env) -> None:
+    uri = put_raw(env, [line(make_event("a"))])
+    first = process_object(env, uri)
+    files = verified_files(env)
+    assert process_object(env, uri).outcome is ProcessOutcome.ALREADY_COMPLETED
+    forced = process_object(env, uri, force=True)
+    assert forced.outcome is ProcessOutcome.COMPLETED and forced.outputs == first.outputs
+    assert verified_files(env) == files
+
+
+def test_changed_object_removes_outputs_it_no_longer_produces(env: Env) -> None:
+    uri = put_raw(
+        env,
+        [
+            line(make_event("a", occurred_at="2025-11-24T10:00:00Z")),
+            line(make_event("b", occurred_at="2025-11-24T11:00:00Z")),
+            b"bad line",
+        ],
+    )
+    process_object(env, uri)
+    assert len(verified_files(env)) == 2 and len(quarantine_records(env)) == 1
+    put_raw(env, [line(make_event("a", occurred_at="2025-11-24T10:00:00Z"))], key=uri.key)
+    result = process_object(env, uri)
+    files = verified_files(env)
+    assert [parse_verified_key(k).hour for k in files] == ["10"]  # type: ignore[union-attr]
+    assert quarantine_records(env) == []
+    assert len(result.removed) == 2
+
+
+def test_crash_before_complete_leaves_pending_outputs_that_the_next_run_removes(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = put_raw(env, [line(make_event("a", occurred_at="2025-11-24T10:00:00Z"))])
+    process_object(env, uri)
+    # The object changes; the run writes an hour-11 file, then dies before completing.
+    put_raw(
+        env,
+        [
+            line(make_event("a", occurred_at="2025-11-24T10:00:00Z")),
+            line(make_event("b", occurred_at="2025-11-24T11:00:00Z")),
+        ],
+        key=uri.key,
+    )
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(env.ledger, "complete", die)
+        with pytest.raises(RuntimeError):
+            process_object(env, uri)
+    assert len(verified_files(env)) == 2
+    record = env.ledger.get(uri.bucket, uri.key)
+    assert record is not None and len(record.pending_outputs) == 2
+    # The object changes back; the next run must remove the hour-11 file it no longer makes.
+    put_raw(env, [line(make_event("a", occurred_at="2025-11-24T10:00:00Z"))], key=uri.key)
+    process_object(env, uri)
+    assert [parse_verified_key(k).hour for k in verified_files(env)] == ["10"]  # type: ignore[union-attr]
+    record = env.ledger.get(uri.bucket, uri.key)
+    assert record is not None and record.pending_outputs == ()
+
+
+def test_large_object_streams_in_row_groups(env: Env, tmp_path: Path) -> None:
+    events = [line(make_event(f"e{i}", assertions=3)) for i in range(30_000)]
+    uri = put_raw(env, events)
+    result = process_object(env, uri)
+    assert result.counts is not None and result.counts.rows == 90_000
+    (key,) = verified_files(env)
+    with env.store.open(env.config.buckets.verified, key) as f:
+        meta = pq.read_metadata(f)
+    assert meta.num_rows == 90_000 and meta.num_row_groups >= 2
