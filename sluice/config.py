@@ -65,9 +65,13 @@ class EnvConfig:
     region: str | None = None
     profile: str | None = None
     role_arn: str | None = None
-    endpoint_url: str | None = None
-    athena_workgroup: str | None = None
-    query_engine: str = "duckdb"
+    assume_role: bool = True  # `--no-assume-role` turns it off for one command
+    endpoint_url: str | None = None  # e.g. a moto server or LocalStack
+    ledger_table: str = "sluice-ledger"
+    glue_database: str = "sluice"
+    athena_workgroup: str = "primary"
+    athena_output: str | None = None  # s3://bucket/prefix/ for Athena results
+    query_engine: str = "duckdb"  # duckdb | athena
 
 
 def _section(raw: dict[str, Any], cls: type[Any], where: str) -> Any:

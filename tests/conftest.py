@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -62,3 +63,32 @@ def put_raw(
     data = raw if raw is not None else gzip.compress(b"".join(x + b"\n" for x in lines))
     env.store.put(uri.bucket, uri.key, data)
     return uri
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One moto server for the whole test session (start it only when a test needs it)."""
+    from tests.moto_server import aws_test_environment, moto_server
+
+    saved = {k: os.environ.get(k) for k in aws_test_environment()}
+    os.environ.update(aws_test_environment())
+    try:
+        with moto_server() as url:
+            yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def aws_clients(moto_endpoint: str) -> object:
+    """The project's own client factory, pointed at the moto server."""
+    from sluice.backends.aws import AwsClients
+    from tests.moto_server import REGION
+
+    return AwsClients(
+        EnvConfig(name="moto", backend="aws", region=REGION, endpoint_url=moto_endpoint)
+    )
