@@ -52,18 +52,15 @@ def generate(
     """Write synthetic telemetry (all types, fan-out, resends, bad lines) as NDJSON."""
     from sluice.generate import generate as run
 
-    try:
-        result = run(
-            output,
-            events=events,
-            days=days,
-            bad_fraction=bad_fraction,
-            resend_fraction=resend_fraction,
-            seed=seed,
-            huge_lines=huge_lines,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    result = run(
+        output,
+        events=events,
+        days=days,
+        bad_fraction=bad_fraction,
+        resend_fraction=resend_fraction,
+        seed=seed,
+        huge_lines=huge_lines,
+    )
     if wants_json(ctx, json_output):
         print_json(result)
         return
