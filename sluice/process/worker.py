@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from types import FrameType
 from typing import Any
 
@@ -29,6 +30,7 @@ from sluice.messages import CORRELATION_ID, parse_body
 from sluice.process.processor import ProcessOutcome, ProcessResult, process_object
 
 MAX_BACKOFF_SECONDS = 30
+MAX_VISIBILITY = 12 * 3600  # SQS's limit
 IDLE_POLL_SECONDS = 1.0
 RUN_POLL_SECONDS = 5.0
 
@@ -45,6 +47,35 @@ class WorkerStats:
     quarantined_lines: int = 0
     files_written: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def record(self, decision: Decision) -> list[WorkerEvent]:
+        """Count what a message led to; returns the events to show."""
+        self.messages += 1
+        source = decision.source
+        if decision.disposition is Disposition.DEAD_LETTER:
+            self.dead_lettered += 1
+            self.errors.append(f"{source}: {decision.reason}")
+            return [WorkerEvent("dead_lettered", source, f"{decision.reason} (sent to the DLQ)")]
+        if decision.busy:
+            self.busy += 1
+            return [WorkerEvent("busy", source, decision.reason)]
+        if decision.disposition is Disposition.RETRY:
+            self.retried += 1
+            self.errors.append(f"{source}: {decision.reason}")
+            detail = f"{decision.reason} (retry in {decision.retry_after}s)"
+            return [WorkerEvent("retried", source, detail)]
+        events = []
+        for result in decision.results:
+            if result.outcome is ProcessOutcome.COMPLETED and result.counts is not None:
+                self.completed += 1
+                self.rows += result.counts.rows
+                self.quarantined_lines += result.counts.quarantined_lines
+                self.files_written += len(result.outputs)
+                events.append(WorkerEvent("completed", result.source, f"{result.counts.rows} rows"))
+            else:
+                self.skipped += 1
+                events.append(WorkerEvent("skipped", result.source, result.outcome.value))
+        return events
 
     def add(self, other: WorkerStats) -> None:
         for name, value in asdict(other).items():
@@ -77,28 +108,38 @@ def dead_letter(env: Env, queue: Queue, message: Message) -> str:
     return dlq.name
 
 
-def handle_message(
+class Disposition(StrEnum):
+    DELETE = "delete"  # done (or nothing to do): remove the message
+    RETRY = "retry"  # leave it; it comes back after `retry_after` seconds
+    DEAD_LETTER = "dead_letter"  # terminal: move it to the DLQ now
+
+
+@dataclass(frozen=True)
+class Decision:
+    disposition: Disposition
+    results: tuple[ProcessResult, ...] = ()
+    source: str = ""
+    reason: str = ""
+    retry_after: int = 0
+    busy: bool = False
+
+
+def decide(
     env: Env,
-    queue: Queue,
-    message: Message,
-    stats: WorkerStats,
+    body: str,
+    correlation_id: str,
+    receive_count: int,
     owner: str,
-    on_event: OnEvent | None = None,
-) -> None:
-    stats.messages += 1
-    correlation_id = message.attributes.get(CORRELATION_ID, message.message_id)
+    on_lease_extended: Callable[[], None] | None = None,
+) -> Decision:
+    """Process what one message asks for and say what should happen to the message.
 
-    def emit(kind: str, source: str, detail: str = "") -> None:
-        if on_event is not None:
-            on_event(WorkerEvent(kind, source, detail))
-
-    def extend_visibility() -> None:
-        queue.change_visibility(message.receipt_handle, env.config.visibility_timeout_seconds)
-
+    Shared by the worker and the Lambda handler: they differ only in how they apply it.
+    """
     source = "?"
+    results: list[ProcessResult] = []
     try:
-        results: list[ProcessResult] = []
-        for request in parse_body(message.body):
+        for request in parse_body(body):
             source = str(request.uri)
             result = process_object(
                 env,
@@ -107,40 +148,54 @@ def handle_message(
                 redrive_id=request.redrive_id,
                 owner=owner,
                 correlation_id=correlation_id,
-                on_lease_extended=extend_visibility,
+                on_lease_extended=on_lease_extended,
             )
             results.append(result)
             if result.outcome is ProcessOutcome.BUSY:
                 wait = max(1, int((result.busy_until or time.time()) - time.time()) + 1)
-                queue.change_visibility(message.receipt_handle, min(wait, 12 * 3600))
-                stats.busy += 1
-                emit("busy", source, f"leased by another worker for {wait}s")
-                return
+                return Decision(
+                    Disposition.RETRY,
+                    tuple(results),
+                    source,
+                    f"leased by another worker for {wait}s",
+                    min(wait, MAX_VISIBILITY),
+                    busy=True,
+                )
     except TerminalError as exc:
-        stats.dead_lettered += 1
-        stats.errors.append(f"{source}: {exc.message}")
-        dlq = dead_letter(env, queue, message)
-        emit("dead_lettered", source, f"{exc.error_class}: {exc.message} → {dlq}")
-        return
+        reason = f"{exc.error_class}: {exc.message}"
+        return Decision(Disposition.DEAD_LETTER, tuple(results), source, reason)
     except Exception as exc:  # transient, or a bug: retry, and let the redrive policy decide
-        stats.retried += 1
         reason = exc.message if isinstance(exc, SluiceError) else f"{type(exc).__name__}: {exc}"
-        stats.errors.append(f"{source}: {reason}")
-        backoff = min(2**message.receive_count, MAX_BACKOFF_SECONDS)
-        queue.change_visibility(message.receipt_handle, backoff)
-        emit("retried", source, f"{reason} (retry in {backoff}s)")
-        return
-    queue.delete(message.receipt_handle)
-    for result in results:
-        if result.outcome is ProcessOutcome.COMPLETED and result.counts is not None:
-            stats.completed += 1
-            stats.rows += result.counts.rows
-            stats.quarantined_lines += result.counts.quarantined_lines
-            stats.files_written += len(result.outputs)
-            emit("completed", result.source, f"{result.counts.rows} rows")
-        else:
-            stats.skipped += 1
-            emit("skipped", result.source, result.outcome.value)
+        backoff = min(2**receive_count, MAX_BACKOFF_SECONDS)
+        return Decision(Disposition.RETRY, tuple(results), source, reason, backoff)
+    return Decision(Disposition.DELETE, tuple(results), source)
+
+
+def handle_message(
+    env: Env,
+    queue: Queue,
+    message: Message,
+    stats: WorkerStats,
+    owner: str,
+    on_event: OnEvent | None = None,
+) -> Decision:
+    def extend_visibility() -> None:
+        queue.change_visibility(message.receipt_handle, env.config.visibility_timeout_seconds)
+
+    correlation_id = message.attributes.get(CORRELATION_ID, message.message_id)
+    decision = decide(
+        env, message.body, correlation_id, message.receive_count, owner, extend_visibility
+    )
+    if decision.disposition is Disposition.DELETE:
+        queue.delete(message.receipt_handle)
+    elif decision.disposition is Disposition.DEAD_LETTER:
+        dead_letter(env, queue, message)
+    else:
+        queue.change_visibility(message.receipt_handle, decision.retry_after)
+    for event in stats.record(decision):
+        if on_event is not None:
+            on_event(event)
+    return decision
 
 
 def run_worker(
