@@ -139,3 +139,49 @@ def load_config(
     if override is not None:
         cfg = replace(cfg, data_dir=override)
     return cfg
+
+
+def _coerce(raw: str, default: Any, name: str) -> Any:
+    if isinstance(default, bool):
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"{name} must be true or false, not {raw!r}")
+        return raw.lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if isinstance(default, Path):
+        return Path(raw)
+    return raw
+
+
+def config_from_environ(environ: dict[str, str] | None = None) -> EnvConfig:
+    """An environment described by SLUICE_* variables (how Lambda functions are configured).
+
+    Every EnvConfig field is `SLUICE_<FIELD>` (e.g. SLUICE_BACKEND, SLUICE_LEASE_SECONDS),
+    buckets are `SLUICE_BUCKET_<NAME>` and queues `SLUICE_QUEUE_<NAME>` (names or URLs); the
+    region falls back to AWS_REGION.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    base = EnvConfig(name=environ.get("SLUICE_ENV_NAME", "lambda"))
+    values: dict[str, Any] = {}
+    for f in fields(EnvConfig):
+        name = f"SLUICE_{f.name.upper()}"
+        if name in environ and f.name not in ("buckets", "queues", "name"):
+            values[f.name] = _coerce(environ[name], getattr(base, f.name), name)
+    buckets = {
+        f.name: environ[f"SLUICE_BUCKET_{f.name.upper()}"]
+        for f in fields(Buckets)
+        if f"SLUICE_BUCKET_{f.name.upper()}" in environ
+    }
+    queues = {
+        f.name: environ[f"SLUICE_QUEUE_{f.name.upper()}"]
+        for f in fields(QueueNames)
+        if f"SLUICE_QUEUE_{f.name.upper()}" in environ
+    }
+    values.setdefault("region", environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION"))
+    cfg = replace(base, buckets=Buckets(**buckets), queues=QueueNames(**queues), **values)
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"SLUICE_BACKEND must be one of {BACKENDS}, not {cfg.backend!r}")
+    return cfg
