@@ -22,8 +22,10 @@ from sluice.layout import table_name, verified_key
 from sluice.process.parse import Event
 from sluice.process.schemas import PARSER_VERSION, SPECS
 
-# Rows held in memory across all partitions before they are flushed as row groups.
-FLUSH_ROWS = 65_536
+# Memory held across all partitions before they are flushed as row groups: bounds the parser's
+# memory whatever the object's size, and keeps row groups large when partitions are many.
+FLUSH_BYTES = 128 * 1024 * 1024
+ROW_BYTES_ESTIMATE = 400  # a Python row tuple, until it becomes Arrow
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
 
 
@@ -65,6 +67,7 @@ class _PartitionFile:
     hour: str
     path: Path
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    tables: list[pa.Table] = field(default_factory=list)
     writer: pq.ParquetWriter | None = None
     written: int = 0
 
@@ -82,39 +85,55 @@ class PartitionWriter:
     def add(self, event: Event, line: int, received_at: datetime) -> int:
         ts = event.occurred_at
         key = (event.type, ts.date().isoformat(), f"{ts.hour:02d}")
+        part = self._part(key)
+        rows = event_rows(event, self.source_ref, line, received_at)
+        part.rows.extend(rows)
+        self._buffered += len(rows) * ROW_BYTES_ESTIMATE
+        if self._buffered >= FLUSH_BYTES:
+            self.flush()
+        return len(rows)
+
+    def add_table(self, type_: str, day: str, hour: str, table: pa.Table) -> None:
+        """Rows already in the table's schema (the columnar path)."""
+        self._part((type_, day, hour)).tables.append(table)
+        self._buffered += table.nbytes
+        if self._buffered >= FLUSH_BYTES:
+            self.flush()
+
+    def _part(self, key: tuple[str, str, str]) -> _PartitionFile:
         part = self._files.get(key)
         if part is None:
             path = self.scratch / f"{len(self._files):05d}.parquet"
             part = self._files[key] = _PartitionFile(*key, path=path)
-        rows = event_rows(event, self.source_ref, line, received_at)
-        part.rows.extend(rows)
-        self._buffered += len(rows)
-        if self._buffered >= FLUSH_ROWS:
-            self.flush()
-        return len(rows)
+        return part
+
+    def _write(self, part: _PartitionFile, table: pa.Table) -> None:
+        if part.writer is None:
+            schema = SPECS[part.type].schema
+            metadata = {
+                **(schema.metadata or {}),
+                b"sluice.source_ref": self.source_ref.encode(),
+                b"sluice.parser_version": PARSER_VERSION.encode(),
+            }
+            part.writer = pq.ParquetWriter(
+                part.path, schema.with_metadata(metadata), **PARQUET_OPTIONS
+            )
+        part.writer.write_table(table, row_group_size=table.num_rows)
+        part.written += table.num_rows
 
     def flush(self) -> None:
+        """Write every partition's buffered rows as one row group."""
         for part in self._files.values():
-            if not part.rows:
+            if not part.rows and not part.tables:
                 continue
             schema = SPECS[part.type].schema
-            columns = list(zip(*part.rows, strict=True))
-            batch = pa.RecordBatch.from_arrays(
-                [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)],
-                schema=schema,
-            )
-            if part.writer is None:
-                metadata = {
-                    **(schema.metadata or {}),
-                    b"sluice.source_ref": self.source_ref.encode(),
-                    b"sluice.parser_version": PARSER_VERSION.encode(),
-                }
-                part.writer = pq.ParquetWriter(
-                    part.path, schema.with_metadata(metadata), **PARQUET_OPTIONS
-                )
-            part.writer.write_batch(batch)
-            part.written += len(part.rows)
+            if part.rows:
+                columns = list(zip(*part.rows, strict=True))
+                arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
+                part.tables.append(pa.Table.from_arrays(arrays, schema=schema))
+            self._write(part, pa.concat_tables(part.tables).combine_chunks())
             part.rows = []
+            part.tables = []
         self._buffered = 0
 
     def close(self) -> list[tuple[Output, Path]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -112,6 +112,20 @@ def parse_timestamp(value: Any, where: str) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
+def check_occurred_at(value: Any, arrived_at: datetime) -> datetime:
+    """`occurred_at` as UTC, if it lies between 2000-01-01 and a day after arrival."""
+    occurred_at = parse_timestamp(value, "envelope.occurred_at")
+    if occurred_at < EARLIEST:
+        raise LineRejected("bad_timestamp", f"envelope.occurred_at: {value} is before 2000-01-01")
+    if occurred_at > arrived_at + MAX_AHEAD_OF_ARRIVAL:
+        raise LineRejected(
+            "bad_timestamp",
+            f"envelope.occurred_at: {value} is more than a day after arrival "
+            f"({arrived_at.isoformat()})",
+        )
+    return occurred_at
+
+
 def decode_line(line: bytes) -> Any:
     """JSON value of one line (BOM and CR already stripped)."""
     if len(line) > MAX_LINE_BYTES:
@@ -147,17 +161,7 @@ def parse_event(obj: Any, arrived_at: datetime) -> Event:
     occurred = env.get("occurred_at")
     if occurred is None:
         raise LineRejected("missing_field", "envelope.occurred_at: missing or null")
-    occurred_at = parse_timestamp(occurred, "envelope.occurred_at")
-    if occurred_at < EARLIEST:
-        raise LineRejected(
-            "bad_timestamp", f"envelope.occurred_at: {occurred} is before 2000-01-01"
-        )
-    if occurred_at > arrived_at + MAX_AHEAD_OF_ARRIVAL:
-        raise LineRejected(
-            "bad_timestamp",
-            f"envelope.occurred_at: {occurred} is more than a day after arrival "
-            f"({arrived_at.isoformat()})",
-        )
+    occurred_at = check_occurred_at(occurred, arrived_at)
     version = env.get("schema_version")
     if version is None:
         raise LineRejected("missing_field", "envelope.schema_version: missing or null")
@@ -216,3 +220,138 @@ def _assertions(value: Any) -> tuple[tuple[Any, ...], ...]:
         checked.append(_extra(element, ASSERTION_FIELDS))
         out.append(tuple(checked))
     return tuple(out)
+
+
+# The fast path ----------------------------------------------------------------------------
+# Most lines are well-formed events with no unknown fields. msgspec decodes and type-checks
+# those in C into the structs below; any line they refuse (a bad value, an unknown field, a
+# float where an int belongs) falls back to `parse_event`, which decides and explains. So the
+# fast path may only accept what `parse_event` accepts, with the same result (a property test
+# holds them to that).
+
+_MSGSPEC_TYPES: dict[FieldKind, Any] = {
+    FieldKind.STRING: str,
+    FieldKind.INT32: Annotated[int, msgspec.Meta(ge=INT32_RANGE[0], le=INT32_RANGE[1])],
+    FieldKind.INT64: Annotated[int, msgspec.Meta(ge=INT64_RANGE[0], le=INT64_RANGE[1])],
+    FieldKind.DOUBLE: float,
+    FieldKind.BOOL: bool,
+}
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+def _all_payload_fields() -> dict[str, FieldKind]:
+    merged: dict[str, FieldKind] = {}
+    for spec in SPECS.values():
+        for name, kind in spec.payload_fields.items():
+            if merged.setdefault(name, kind) is not kind:
+                raise TypeError(f"payload field {name} has two types; the fast path needs one")
+    return merged
+
+
+_PAYLOAD_FIELDS = _all_payload_fields()
+
+_FastAssertion = msgspec.defstruct(
+    "_FastAssertion",
+    [(n, _MSGSPEC_TYPES[k] | None, None) for n, k in ASSERTION_FIELDS.items()],
+    forbid_unknown_fields=True,
+)
+_FastPayload = msgspec.defstruct(
+    "_FastPayload",
+    [
+        (n, _MSGSPEC_TYPES[k] | None | msgspec.UnsetType, msgspec.UNSET)
+        for n, k in _PAYLOAD_FIELDS.items()
+    ]
+    + [("assertions", list[_FastAssertion] | None | msgspec.UnsetType, msgspec.UNSET)],  # type: ignore[valid-type]
+    forbid_unknown_fields=True,
+)
+
+
+class _FastEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    event_id: _NonEmpty
+    type: Literal["lock", "bridge", "video_doorbell"]
+    event_kind: _NonEmpty
+    device_id: _NonEmpty
+    occurred_at: str
+    schema_version: Annotated[int, msgspec.Meta(ge=INT64_RANGE[0], le=INT64_RANGE[1])]
+    batch_id: str | None = None
+
+
+class _FastEvent(msgspec.Struct, forbid_unknown_fields=True):
+    envelope: _FastEnvelope
+    payload: _FastPayload | None = None  # type: ignore[valid-type]
+
+
+# parse_line builds assertion tuples in this order, and the envelope type is spelled out above.
+assert tuple(ASSERTION_FIELDS) == ("component_name", "passed", "code", "measured_value")
+assert set(SPECS) == {"lock", "bridge", "video_doorbell"}
+
+_fast_decode = msgspec.json.Decoder(_FastEvent).decode
+# Per type: its payload fields in column order, and the other types' fields (unknown to it).
+_OWN = {t: tuple(spec.payload_fields) for t, spec in SPECS.items()}
+_FOREIGN = {t: tuple(n for n in _PAYLOAD_FIELDS if n not in _OWN[t]) for t in SPECS}
+_UNSET = msgspec.UNSET
+
+
+def _fast_struct(line: bytes) -> Any:
+    """The line as checked structs, or None when `parse_event` must decide it."""
+    if len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        raw = _fast_decode(line)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    payload = raw.payload
+    if payload is not None:
+        for name in _FOREIGN[raw.envelope.type]:
+            if getattr(payload, name) is not _UNSET:  # unknown to this type: goes to extras
+                return None
+    return raw
+
+
+def fast_check(line: bytes, arrived_at: datetime) -> int | None:
+    """`occurred_at` in microseconds since the epoch if the line is a well-formed event with
+    no unknown fields (it can go to the columnar path), else None (use `parse_line`)."""
+    raw = _fast_struct(line)
+    if raw is None:
+        return None
+    try:
+        occurred_at = check_occurred_at(raw.envelope.occurred_at, arrived_at)
+    except LineRejected:
+        return None
+    # Exact: a double holds microseconds since 1970 to well under half a microsecond until
+    # the 22nd century, and occurred_at is at most a day after arrival.
+    return round(occurred_at.timestamp() * 1_000_000)
+
+
+def parse_line(line: bytes, arrived_at: datetime) -> Event:
+    """Validate one line (BOM and CR already stripped). Raises LineRejected."""
+    raw = _fast_struct(line)
+    if raw is None:
+        return parse_event(decode_line(line), arrived_at)
+    env = raw.envelope
+    type_ = env.type
+    payload = raw.payload
+    if payload is None:
+        values: tuple[Any, ...] = (None,) * len(_OWN[type_])
+        assertions: tuple[tuple[Any, ...], ...] = ()
+    else:
+        values = tuple(None if (v := getattr(payload, n)) is _UNSET else v for n in _OWN[type_])
+        items = payload.assertions
+        assertions = (
+            ()
+            if items is _UNSET or items is None
+            else tuple((a.component_name, a.passed, a.code, a.measured_value, None) for a in items)
+        )
+    return Event(
+        type=type_,
+        event_id=env.event_id,
+        event_kind=env.event_kind,
+        device_id=env.device_id,
+        occurred_at=check_occurred_at(env.occurred_at, arrived_at),
+        schema_version=env.schema_version,
+        batch_id=env.batch_id,
+        envelope_extra=None,
+        payload=values,
+        payload_extra=None,
+        assertions=assertions,
+    )

@@ -254,3 +254,65 @@ def test_fan_out_and_flattening_properties(
     assert (json.loads(extra_col) if extra_col else {}) == kept
     if "battery_pct" in SPECS[type_].payload_fields:
         assert named[0]["payload__battery_pct"] == battery
+
+
+# The fast path must agree with parse_event on every line ----------------------------------
+
+field_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([81.0, 1.5, "", "x", "2025-11-24T21:09:35Z", [], {}, [{}]]),
+)
+envelope_names = st.sampled_from(
+    ["event_id", "type", "event_kind", "device_id", "occurred_at", "schema_version", "batch_id"]
+)
+payload_names = st.sampled_from(
+    sorted({n for spec in SPECS.values() for n in spec.payload_fields} | {"assertions", "zz"})
+)
+
+
+def outcome(fn: Any, raw: bytes) -> Any:
+    try:
+        return fn(raw)
+    except LineRejected as exc:
+        return ("rejected", exc.code, exc.reason)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    type_=st.sampled_from(["lock", "bridge", "video_doorbell", "toaster"]),
+    envelope_changes=st.dictionaries(envelope_names, field_values, max_size=2),
+    payload_changes=st.dictionaries(payload_names, field_values, max_size=3),
+    assertion_changes=st.dictionaries(
+        st.sampled_from([*ASSERTION_FIELDS, "zz"]), field_values, max_size=2
+    ),
+    drop_payload=st.booleans(),
+    top_level_extra=st.booleans(),
+)
+def test_fast_path_agrees_with_parse_event(
+    type_: str,
+    envelope_changes: dict[str, Any],
+    payload_changes: dict[str, Any],
+    assertion_changes: dict[str, Any],
+    drop_payload: bool,
+    top_level_extra: bool,
+) -> None:
+    from sluice.process.parse import parse_line
+
+    obj = event(envelope__type=type_)
+    obj["envelope"].update(envelope_changes)
+    obj["payload"].update(payload_changes)
+    if isinstance(obj["payload"].get("assertions"), list) and obj["payload"]["assertions"]:
+        first = obj["payload"]["assertions"][0]
+        if isinstance(first, dict):
+            first.update(assertion_changes)
+    if drop_payload:
+        del obj["payload"]
+    if top_level_extra:
+        obj["meta"] = 1
+    raw = json.dumps(obj).encode()
+    fast = outcome(lambda b: parse_line(b, ARRIVED), raw)
+    slow = outcome(lambda b: parse_event(decode_line(b), ARRIVED), raw)
+    assert fast == slow
