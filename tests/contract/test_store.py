@@ -1,40 +1,67 @@
 """The object store contract: every `ObjectStore` implementation passes these tests.
 
-Tests speak only the interface, except the local-only section at the end. A backend that needs
-its buckets created first (S3) creates `BUCKET` and `OTHER` in its fixture.
+Tests speak only the interface, except the local-only and S3-only sections at the end. A
+backend that needs its buckets created first (S3) creates `BUCKET` and `OTHER` in its fixture,
+fresh for each test.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluice.backends.store import local as local_store
-from sluice.backends.store.base import MAX_DELETE_BATCH, ObjectStore
-from sluice.backends.store.local import TMP_PREFIX, LocalObjectStore
-from sluice.errors import BatchTooLarge, InvalidKey, ObjectNotFound
+from sluice.backends.store.base import MAX_DELETE_BATCH, TMP_PREFIX, ObjectStore
+from sluice.backends.store.local import LocalObjectStore
+from sluice.backends.store.s3 import (
+    S3ObjectStore,
+    delete_with_retries,
+    parse_delete_answer,
+    translate_error,
+)
+from sluice.errors import (
+    BackendBusy,
+    BatchTooLarge,
+    ConfigError,
+    InvalidKey,
+    ObjectNotFound,
+    SluiceError,
+    TerminalError,
+    TransientError,
+)
 
 BUCKET = "bucket"
 OTHER = "other-bucket"
+STORES = ["local", pytest.param("s3", marks=pytest.mark.aws)]
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
         return LocalObjectStore(tmp_path / "buckets")
+    if request.param == "s3":
+        s3: ObjectStore = request.getfixturevalue("s3")
+        return s3
     raise AssertionError(f"unknown store {request.param}")
+
+
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.node.callspec.params["store"]
+    return kind
 
 
 def keys_of(
@@ -175,6 +202,8 @@ HOSTILE_KEYS = [
     "a\x00b",
     "trailing/",
     "x" * 2000,
+    "a/" + "s" * 256,
+    f"a/{TMP_PREFIX}x",
 ]
 BAD_BUCKETS = ["..", "a/b", "", "UPPER", "ab", "../bucket", "bucket/..", "b" * 64, "-lead"]
 
@@ -293,18 +322,25 @@ _segment = st.text(alphabet="ab-._~ é0", min_size=1, max_size=4).filter(
 _key = st.lists(_segment, min_size=1, max_size=3).map("/".join)
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(keys=st.lists(_key, min_size=1, max_size=12, unique=True))
-def test_property_listing_is_sorted_and_complete(store: ObjectStore, keys: list[str]) -> None:
-    # A name is a file or a directory on a filesystem, so no key is another's "directory".
-    keys = [k for k in keys if not any(o.startswith(k + "/") for o in keys)]
-    run = f"prop/{next(_counter)}/"
-    for key in keys:
-        store.put(BUCKET, run + key, key.encode())
-    assert keys_of(store, BUCKET, run) == sorted(run + k for k in keys)
-    assert keys_of(store, BUCKET, run, page_size=2) == sorted(run + k for k in keys)
+# Each example costs about 15 requests: the moto server (~100 requests/s) gets fewer of them.
+_EXAMPLES = {"local": 40, "s3": 15}
+
+
+def test_property_listing_is_sorted_and_complete(
+    store: ObjectStore, request: pytest.FixtureRequest
+) -> None:
+    @settings(max_examples=_EXAMPLES[store_kind(request)], deadline=None)
+    @given(keys=st.lists(_key, min_size=1, max_size=12, unique=True))
+    def check(keys: list[str]) -> None:
+        # A name is a file or a directory on a filesystem, so no key is another's "directory".
+        keys = [k for k in keys if not any(o.startswith(k + "/") for o in keys)]
+        run = f"prop/{next(_counter)}/"
+        for key in keys:
+            store.put(BUCKET, run + key, key.encode())
+        assert keys_of(store, BUCKET, run) == sorted(run + k for k in keys)
+        assert keys_of(store, BUCKET, run, page_size=2) == sorted(run + k for k in keys)
+
+    check()
 
 
 # -- delete --------------------------------------------------------------------------------
@@ -487,3 +523,332 @@ def test_local_arrow_root(local: LocalObjectStore) -> None:
     assert root == f"{local.root.resolve()}/"
     local.put(BUCKET, "k", b"x")
     assert fs.get_file_info(f"{root}{BUCKET}/k").size == 1
+
+
+# -- S3 only: what the bucket holds, and what moto cannot produce --------------------------
+
+
+def _remove_bucket(client: Any, bucket: str) -> None:
+    """Delete a bucket and everything in it, if it exists (the raw client: no code under test)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.delete_bucket_policy(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "NoSuchBucket":
+            return
+        raise
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        objects = [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
+        if objects:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+    client.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture
+def s3_client(aws_clients: Any) -> Any:
+    """The boto3 client the store uses, to see and arrange the buckets behind its back."""
+    return aws_clients.client("s3")
+
+
+@pytest.fixture
+def s3(aws_clients: Any, s3_client: Any, moto_endpoint: str) -> Iterator[S3ObjectStore]:
+    """An S3 store on the session's moto server, with `BUCKET` and `OTHER` fresh and empty."""
+    from tests.moto_server import REGION
+
+    for bucket in (BUCKET, OTHER):
+        _remove_bucket(s3_client, bucket)  # left over by an interrupted run
+        s3_client.create_bucket(Bucket=bucket)
+    yield S3ObjectStore(
+        s3_client, region=REGION, endpoint_url=moto_endpoint, credentials=aws_clients.credentials
+    )
+    for bucket in (BUCKET, OTHER):
+        _remove_bucket(s3_client, bucket)
+
+
+def _raw_keys(client: Any, bucket: str = BUCKET) -> list[str]:
+    """What the bucket really holds, seen without the store's key checks."""
+    answer = client.list_objects_v2(Bucket=bucket)
+    return [entry["Key"] for entry in answer.get("Contents", [])]
+
+
+@pytest.mark.aws
+def test_s3_hostile_keys_never_reach_the_bucket(s3: S3ObjectStore, s3_client: Any) -> None:
+    # S3 itself would store `../x`; the contract test cannot see it, since list hides such keys.
+    s3.put(BUCKET, "src", b"x")
+    for key in HOSTILE_KEYS:
+        with pytest.raises(InvalidKey):
+            s3.put(BUCKET, key, b"x")
+        with pytest.raises(InvalidKey):
+            s3.copy(BUCKET, "src", BUCKET, key)
+    assert _raw_keys(s3_client) == ["src"]
+
+
+@pytest.mark.aws
+def test_s3_keys_written_by_other_tools_are_not_listed(s3: S3ObjectStore, s3_client: Any) -> None:
+    s3_client.put_object(Bucket=BUCKET, Key="a//b", Body=b"x")
+    s3_client.put_object(Bucket=BUCKET, Key="../up", Body=b"x")
+    s3.put(BUCKET, "a/ok", b"x")
+    assert keys_of(s3) == ["a/ok"]
+    with pytest.raises(InvalidKey):
+        s3.open(BUCKET, "a//b")
+
+
+@pytest.mark.aws
+def test_s3_object_and_prefix_coexist(s3: S3ObjectStore) -> None:
+    for key in ["a", "a/b", "a/b/c"]:
+        s3.put(BUCKET, key, key.encode())
+    assert keys_of(s3) == ["a", "a/b", "a/b/c"]
+    assert read(s3, "a/b") == b"a/b"
+
+
+@pytest.mark.aws
+def test_s3_list_fetches_pages_lazily(s3: S3ObjectStore) -> None:
+    keys = [f"many/{i:03d}" for i in range(25)]
+    for key in keys:
+        s3.put(BUCKET, key, b"")
+    listing = s3.list(BUCKET, "many/", page_size=4)
+    assert next(listing).key == "many/000"
+    # Only the first page has been fetched: a key deleted now is missing from later pages.
+    s3.delete_batch(BUCKET, ["many/020"])
+    assert [info.key for info in listing] == [k for k in keys[1:] if k != "many/020"]
+
+
+@pytest.mark.aws
+def test_s3_put_file_multipart(s3: S3ObjectStore, s3_client: Any, tmp_path: Path) -> None:
+    part = 5 * 1024 * 1024  # S3's smallest part
+    multipart = S3ObjectStore(s3_client, region=s3.region, multipart_threshold=part, part_size=part)
+    data = os.urandom(2 * part + 3)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+
+    info = multipart.put_file(BUCKET, "big/multi.bin", src)
+
+    assert info.size == len(data)
+    assert info.etag.endswith("-3")  # an opaque multipart ETag, not the md5 of the bytes
+    assert multipart.head(BUCKET, "big/multi.bin").etag == info.etag
+    assert read(multipart, "big/multi.bin") == data
+    assert not s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+@pytest.mark.aws
+def test_s3_failed_multipart_upload_is_aborted(
+    s3: S3ObjectStore, s3_client: Any, tmp_path: Path
+) -> None:
+    # Parts under 5 MiB: S3 (and moto) refuse to complete the upload.
+    small_parts = S3ObjectStore(
+        s3_client, region=s3.region, multipart_threshold=1024, part_size=1024
+    )
+    src = tmp_path / "small-parts.bin"
+    src.write_bytes(os.urandom(3000))
+    with pytest.raises(TerminalError) as exc:
+        small_parts.put_file(BUCKET, "never", src)
+    assert exc.value.context["code"] == "EntityTooSmall"
+    assert not s3.exists(BUCKET, "never")
+    assert not s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+@pytest.mark.aws
+def test_s3_missing_bucket(s3: S3ObjectStore) -> None:
+    missing = "no-such-bucket"
+    with pytest.raises(ObjectNotFound) as not_found:
+        s3.open(missing, "k")
+    assert not_found.value.context == {"bucket": missing, "key": "k"}
+    assert not_found.value.hint and missing in not_found.value.hint
+    with pytest.raises(ConfigError, match=missing) as config:
+        s3.put(missing, "k", b"x")
+    assert config.value.hint and "sluice.toml" in config.value.hint
+    assert not s3.exists(missing, "k")
+    assert keys_of(s3, missing) == []
+    assert s3.delete_batch(missing, ["a", "b"]).deleted == ("a", "b")
+
+
+@pytest.mark.aws
+def test_s3_open_is_a_stream_that_releases_its_connection(s3: S3ObjectStore) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    s3.put(BUCKET, "stream", data)
+    with s3.open(BUCKET, "stream") as f:
+        assert f.read(10) == data[:10]
+        assert f.readable() and not f.seekable()
+    assert f.closed
+    with pytest.raises(ValueError):
+        f.read(1)
+    # Streams closed half-read (and kept referenced, so the garbage collector cannot close
+    # them for us) hold no socket.
+    open_fds = len(os.listdir("/dev/fd"))
+    streams = []
+    for _ in range(20):
+        with s3.open(BUCKET, "stream") as f:
+            assert f.read(1) == data[:1]
+        streams.append(f)
+    assert len(os.listdir("/dev/fd")) < open_fds + 5
+    assert read(s3, "stream") == data
+
+
+@pytest.mark.aws
+def test_s3_delete_reports_per_key_errors_of_a_200_answer(
+    s3: S3ObjectStore, s3_client: Any
+) -> None:
+    # A bucket policy that denies DeleteObject under `locked/`: moto, like S3, answers 200 and
+    # lists the denied keys under Errors.
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:DeleteObject",
+                "Resource": f"arn:aws:s3:::{BUCKET}/locked/*",
+            }
+        ],
+    }
+    for key in ["locked/a", "free/b"]:
+        s3.put(BUCKET, key, b"x")
+    s3_client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
+
+    result = s3.delete_batch(BUCKET, ["locked/a", "free/b", "../bad"])
+
+    assert not result.ok
+    assert result.deleted == ("free/b",)
+    assert set(result.errors) == {"locked/a", "../bad"}
+    assert result.errors["locked/a"].startswith("AccessDenied")
+    assert keys_of(s3) == ["locked/a"]
+
+
+def test_parse_delete_answer() -> None:
+    # The shape botocore parses a DeleteObjects answer into (Quiet=False).
+    answer = {
+        "ResponseMetadata": {"HTTPStatusCode": 200},
+        "Deleted": [{"Key": "a"}, {"Key": "c", "DeleteMarker": True}],
+        "Errors": [{"Key": "b", "Code": "SlowDown", "Message": "Please reduce your request rate."}],
+    }
+    deleted, failed = parse_delete_answer(answer, ["a", "b", "c", "d"])
+    assert deleted == ["a", "c"]
+    assert failed["b"] == ("SlowDown", "SlowDown: Please reduce your request rate.")
+    assert failed["d"][0] == "Missing"  # named nowhere in the answer: not known to be deleted
+
+
+class FakeDeleteObjects:
+    """Answers DeleteObjects from a script: key -> error codes for its successive attempts.
+
+    moto never throttles, so the retry loop is driven by real-shaped answers instead.
+    """
+
+    def __init__(self, script: dict[str, list[str]], fail_request: int | None = None) -> None:
+        self.script = script
+        self.fail_request = fail_request
+        self.requests: list[list[str]] = []
+
+    def __call__(self, keys: list[str]) -> dict[str, Any]:
+        self.requests.append(keys)
+        if len(self.requests) == self.fail_request:
+            raise BackendBusy("DeleteObjects s3://bucket/ failed: SlowDown", code="SlowDown")
+        answer: dict[str, Any] = {"Deleted": [], "Errors": []}
+        for key in keys:
+            codes = self.script.get(key, [])
+            if codes:
+                code = codes.pop(0)
+                answer["Errors"].append({"Key": key, "Code": code, "Message": f"{code} says no"})
+            else:
+                answer["Deleted"].append({"Key": key})
+        return answer
+
+
+def test_delete_retries_slowdown_with_backoff() -> None:
+    send = FakeDeleteObjects({"b": ["SlowDown", "InternalError"], "c": ["AccessDenied"]})
+    sleeps: list[float] = []
+
+    deleted, errors = delete_with_retries(
+        send, ["a", "b", "c"], base_delay=0.1, sleep=sleeps.append
+    )
+
+    assert sorted(deleted) == ["a", "b"]
+    assert errors == {"c": "AccessDenied: AccessDenied says no"}  # terminal: not retried
+    assert send.requests == [["a", "b", "c"], ["b"], ["b"]]  # only the throttled key again
+    assert len(sleeps) == 2
+    assert 0.05 <= sleeps[0] <= 0.1 and 0.1 <= sleeps[1] <= 0.2  # exponential, with jitter
+
+
+def test_delete_gives_up_after_the_last_attempt() -> None:
+    send = FakeDeleteObjects({"hot": ["SlowDown"] * 10})
+    deleted, errors = delete_with_retries(send, ["hot", "cold"], attempts=3, sleep=lambda s: None)
+    assert deleted == ["cold"]
+    assert errors == {"hot": "SlowDown: SlowDown says no"}
+    assert len(send.requests) == 3
+
+
+def _client_error(code: str, status: int, op: str = "GetObject") -> Exception:
+    from botocore.exceptions import ClientError
+
+    body = {
+        "Error": {"Code": code, "Message": f"{code} message"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    error: Exception = ClientError(body, op)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("NoSuchKey", 404, ObjectNotFound),
+        ("404", 404, ObjectNotFound),
+        ("SlowDown", 503, BackendBusy),
+        ("ThrottlingException", 400, BackendBusy),
+        ("ServiceUnavailable", 503, TransientError),
+        ("InternalError", 500, TransientError),
+        ("AccessDenied", 403, TerminalError),
+        ("InvalidRange", 416, TerminalError),
+    ],
+)
+def test_translate_client_errors(code: str, status: int, expected: type[SluiceError]) -> None:
+    error = translate_error(_client_error(code, status), "GetObject", BUCKET, "k")
+    assert type(error) is expected
+    assert f"s3://{BUCKET}/k" in error.message
+
+
+def test_translate_access_denied_names_the_action_and_the_profile() -> None:
+    error = translate_error(_client_error("AccessDenied", 403), "ListObjectsV2", BUCKET)
+    assert isinstance(error, TerminalError)
+    assert error.hint and "s3:ListBucket" in error.hint and "profile or role" in error.hint
+
+
+def test_translate_connection_and_credential_errors() -> None:
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    unreachable = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+    assert type(translate_error(unreachable, "GetObject", BUCKET, "k")) is TransientError
+    no_credentials = translate_error(NoCredentialsError(), "PutObject", BUCKET, "k")
+    assert isinstance(no_credentials, ConfigError) and no_credentials.hint
+
+
+@pytest.mark.aws
+def test_s3_arrow_filesystem_reads_parquet_written_by_put(s3: S3ObjectStore) -> None:
+    # How the DuckDB engine reads S3: a pyarrow dataset over the store's arrow filesystem.
+    import duckdb
+    import pyarrow.dataset as ds
+
+    table = pa.table({"n": [1, 2, 3], "s": ["a", "b", "c"]})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    for hour in ["00", "01"]:
+        key = f"telemetry_flat/type=lock/day=2025-01-01/hour={hour}/f.parquet"
+        s3.put(BUCKET, key, sink.getvalue().to_pybytes())
+
+    fs, root = s3.arrow_filesystem()
+    assert root == ""
+    path = f"{BUCKET}/telemetry_flat/type=lock/day=2025-01-01/hour=00/f.parquet"
+    assert pq.read_table(path, filesystem=fs).equals(table)
+    con = duckdb.connect()
+    con.register("lock", ds.dataset(f"{BUCKET}/telemetry_flat/", filesystem=fs, format="parquet"))
+    assert con.sql("SELECT sum(n), count(*) FROM lock").fetchall() == [(12, 6)]
+
+
+def test_delete_keeps_progress_when_a_retry_fails_as_a_whole() -> None:
+    send = FakeDeleteObjects({"b": ["SlowDown"]}, fail_request=2)
+    deleted, errors = delete_with_retries(send, ["a", "b"], sleep=lambda s: None)
+    assert deleted == ["a"]
+    assert errors == {"b": "BackendBusy: DeleteObjects s3://bucket/ failed: SlowDown"}
+
+    with pytest.raises(BackendBusy):  # nothing deleted yet: the caller retries the batch
+        delete_with_retries(FakeDeleteObjects({}, fail_request=1), ["a"], sleep=lambda s: None)

@@ -1,12 +1,14 @@
 """The object store interface: what every store (local directory, S3) provides.
 
-Keys are `/`-separated and relative to a bucket. Every implementation refuses a key that is
-empty, absolute, contains a `.` or `..` segment, a backslash or a NUL byte (`InvalidKey`), so
-that no key can name anything outside its bucket, on any backend.
+Keys are `/`-separated and relative to a bucket. Every implementation checks buckets and keys
+with `validate_key` / `validate_bucket` before it touches anything, so each backend refuses
+exactly the same names (`InvalidKey`): no key can name anything outside its bucket (S3 itself
+would store `../x`; sluice never does), and a key written on one backend can be written on any.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +17,92 @@ from typing import BinaryIO, Protocol
 
 import pyarrow.fs as pafs
 
+from sluice.errors import BatchTooLarge, InvalidKey
+
 MAX_DELETE_BATCH = 1000
+# S3's limit on a key; the segment limit is a file name's, kept on every backend so that any
+# key can move between them.
+MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+# Segments reserved for the local store's temporary files (refused everywhere for the same reason).
+TMP_PREFIX = ".sluice-tmp-"
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def bad_key_reason(key: str) -> str | None:
+    """Why `key` cannot name an object on any backend, or None when it can."""
+    if not key:
+        return "the key is empty"
+    if key.startswith("/"):
+        return "the key is absolute"
+    if key.endswith("/"):
+        return "an object key cannot end with '/'"
+    if "\\" in key:
+        return "the key contains a backslash"
+    if "\x00" in key:
+        return "the key contains a NUL byte"
+    try:
+        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+            return f"the key is longer than {MAX_KEY_BYTES} bytes"
+    except UnicodeEncodeError:
+        return "the key is not valid UTF-8"
+    for segment in key.split("/"):
+        if not segment:
+            return "the key has an empty segment ('//')"
+        if segment in (".", ".."):
+            return f"the key has a {segment!r} segment"
+        if segment.startswith(TMP_PREFIX):
+            return f"segments starting with {TMP_PREFIX!r} are reserved for temporary files"
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            return f"a segment is longer than {MAX_SEGMENT_BYTES} bytes"
+    return None
+
+
+def validate_bucket(bucket: str) -> None:
+    """Check a bucket name (S3's rules: 3-63 lowercase letters, digits, '-' or '.').
+
+    Raises:
+        InvalidKey: the name is malformed (context: bucket).
+    """
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise InvalidKey(
+            f"invalid bucket name {bucket!r}: use 3-63 lowercase letters, digits, '-' or '.'",
+            bucket=bucket,
+        )
+
+
+def validate_key(bucket: str, key: str) -> None:
+    """Check a bucket and a key before any backend touches them.
+
+    Raises:
+        InvalidKey: the bucket is malformed (context: bucket), or the key is (context: bucket,
+            key, reason).
+    """
+    validate_bucket(bucket)
+    if (reason := bad_key_reason(key)) is not None:
+        raise invalid_key(bucket, key, reason)
+
+
+def validate_batch(bucket: str, keys: Sequence[str]) -> None:
+    """Check the size of a delete batch (S3's limit, kept by every backend).
+
+    Raises:
+        BatchTooLarge: more than MAX_DELETE_BATCH keys.
+    """
+    if len(keys) > MAX_DELETE_BATCH:
+        raise BatchTooLarge(
+            f"{len(keys)} keys in one delete batch; the limit is {MAX_DELETE_BATCH}",
+            bucket=bucket,
+            count=len(keys),
+            limit=MAX_DELETE_BATCH,
+        )
+
+
+def invalid_key(bucket: str, key: str, reason: str) -> InvalidKey:
+    """The error for a refused key, with the reason in both the message and the context."""
+    return InvalidKey(
+        f"invalid key {key!r} for s3://{bucket}/: {reason}", bucket=bucket, key=key, reason=reason
+    )
 
 
 @dataclass(frozen=True)

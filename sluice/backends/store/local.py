@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
 import stat
 import threading
@@ -26,48 +25,24 @@ from typing import BinaryIO, NoReturn
 
 import pyarrow.fs as pafs
 
-from sluice.backends.store.base import MAX_DELETE_BATCH, DeleteResult, ObjectInfo
-from sluice.errors import BatchTooLarge, InvalidKey, ObjectNotFound
+from sluice.backends.store.base import (
+    TMP_PREFIX,
+    DeleteResult,
+    ObjectInfo,
+    bad_key_reason,
+    invalid_key,
+    validate_batch,
+    validate_bucket,
+    validate_key,
+)
+from sluice.errors import InvalidKey, ObjectNotFound
 
-TMP_PREFIX = ".sluice-tmp-"
 CHUNK = 1 << 20
-MAX_KEY_BYTES = 1024
-MAX_SEGMENT_BYTES = 255
 _ETAG_XATTR = "user.sluice.etag"
 _ETAG_CACHE_SIZE = 100_000
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 # (path, size, mtime_ns, inode, device): a rewrite changes the inode (atomic put) or the mtime.
 _Version = tuple[str, int, int, int, int]
-
-
-def bad_key_reason(key: str) -> str | None:
-    """Why `key` cannot name an object on any backend, or None when it can."""
-    if not key:
-        return "the key is empty"
-    if key.startswith("/"):
-        return "the key is absolute"
-    if key.endswith("/"):
-        return "an object key cannot end with '/'"
-    if "\\" in key:
-        return "the key contains a backslash"
-    if "\x00" in key:
-        return "the key contains a NUL byte"
-    try:
-        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-            return f"the key is longer than {MAX_KEY_BYTES} bytes"
-    except UnicodeEncodeError:
-        return "the key is not valid UTF-8"
-    for segment in key.split("/"):
-        if not segment:
-            return "the key has an empty segment ('//')"
-        if segment in (".", ".."):
-            return f"the key has a {segment!r} segment"
-        if segment.startswith(TMP_PREFIX):
-            return f"segments starting with {TMP_PREFIX!r} are reserved for temporary files"
-        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
-            return f"a segment is longer than {MAX_SEGMENT_BYTES} bytes"
-    return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -95,27 +70,17 @@ class LocalObjectStore:
     # -- paths -------------------------------------------------------------------------------
 
     def _bucket_dir(self, bucket: str) -> Path:
-        if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
-            raise InvalidKey(
-                f"invalid bucket name {bucket!r}: use 3-63 lowercase letters, digits, '-' or '.'",
-                bucket=bucket,
-            )
+        validate_bucket(bucket)
         return self.root / bucket
 
     def _path(self, bucket: str, key: str) -> Path:
         """The path of an object, after checking the bucket and key cannot escape the bucket."""
-        bucket_dir = self._bucket_dir(bucket)
-        reason = bad_key_reason(key)
+        validate_key(bucket, key)
+        bucket_dir = self.root / bucket
         path = bucket_dir / key
-        if reason is None and not path.resolve().is_relative_to(bucket_dir.resolve()):
+        if not path.resolve().is_relative_to(bucket_dir.resolve()):
             reason = "the key resolves outside its bucket (through a symlink)"
-        if reason is not None:
-            raise InvalidKey(
-                f"invalid key {key!r} for s3://{bucket}/: {reason}",
-                bucket=bucket,
-                key=key,
-                reason=reason,
-            )
+            raise invalid_key(bucket, key, reason)
         return path
 
     # -- ETags -------------------------------------------------------------------------------
@@ -303,13 +268,7 @@ class LocalObjectStore:
     # -- deletes -----------------------------------------------------------------------------
 
     def delete_batch(self, bucket: str, keys: Sequence[str]) -> DeleteResult:
-        if len(keys) > MAX_DELETE_BATCH:
-            raise BatchTooLarge(
-                f"{len(keys)} keys in one delete batch; the limit is {MAX_DELETE_BATCH}",
-                bucket=bucket,
-                count=len(keys),
-                limit=MAX_DELETE_BATCH,
-            )
+        validate_batch(bucket, keys)
         bucket_dir = self._bucket_dir(bucket)
         deleted: list[str] = []
         errors: dict[str, str] = {}
