@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sluice tests bench
+	$(BIN)/cfn-lint template.yaml
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
