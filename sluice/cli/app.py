@@ -5,7 +5,7 @@ and the next command to try."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -31,9 +31,11 @@ class Options:
     data_dir: Path | None
     config_file: Path | None
     json: bool
+    assume_role: bool = True
 
     def config(self) -> EnvConfig:
-        return load_config(self.env_name, config_file=self.config_file, data_dir=self.data_dir)
+        cfg = load_config(self.env_name, config_file=self.config_file, data_dir=self.data_dir)
+        return cfg if self.assume_role else replace(cfg, assume_role=False)
 
     def open(self) -> Env:
         return open_env(self.config())
@@ -60,8 +62,15 @@ def root(
         Path | None, typer.Option("--config", help="Path of sluice.toml (default: ./sluice.toml).")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    assume_role: Annotated[
+        bool,
+        typer.Option(
+            "--assume-role/--no-assume-role",
+            help="Assume the environment's role_arn (AWS); --no-assume-role uses your own.",
+        ),
+    ] = True,
 ) -> None:
-    ctx.obj = Options(env, data_dir, config_file, json_output)
+    ctx.obj = Options(env, data_dir, config_file, json_output, assume_role)
 
 
 def wants_json(ctx: typer.Context, flag: bool) -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 from sluice.cli.app import app, main
 
-COMMANDS = ["demo", "generate", "ingest", "worker", "query"]
+COMMANDS = ["demo", "generate", "ingest", "worker", "query", "setup"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

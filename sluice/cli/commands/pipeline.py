@@ -230,3 +230,24 @@ def demo(
     )
     if not result.matches_generator:
         raise typer.Exit(1)
+
+
+@app.command()
+def setup(ctx: typer.Context, json_output: JsonFlag = False) -> None:
+    """Create what the environment needs and lacks: queues, tables (and, on AWS, buckets and
+    the ledger table, where the SAM template did not deploy them). Safe to repeat."""
+    from sluice.env import open_env
+
+    config = options(ctx).config()
+    env = open_env(config, setup=True)
+    summary = {
+        "environment": config.name,
+        "backend": config.backend,
+        "buckets": vars(config.buckets),
+        "queues": [env.processing_queue.name, env.processing_dlq.name],
+        "tables": [t.name for t in env.catalog.list_tables()],
+    }
+    if wants_json(ctx, json_output):
+        print_json(summary)
+        return
+    console.print(key_values(f"environment {config.name} is set up", list(summary.items())))
