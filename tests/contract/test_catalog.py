@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from sluice.backends.catalog.base import Catalog, Partition, TableDef
 from sluice.backends.catalog.sqlite import SqliteCatalog
-from sluice.errors import ConfigError
+from sluice.errors import ConfigError, TerminalError
 
 SCHEMA = pa.schema(
     [
@@ -30,10 +34,13 @@ TABLE = TableDef(
 )
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", pytest.param("glue", marks=pytest.mark.aws)])
 def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
     if request.param == "sqlite":
         return SqliteCatalog(tmp_path / "catalog.sqlite")
+    if request.param == "glue":
+        glue: Catalog = request.getfixturevalue("glue")
+        return glue
     raise AssertionError(f"unknown catalog {request.param}")
 
 
@@ -223,7 +230,9 @@ def test_concurrent_adds_count_each_partition_once(catalog: Catalog) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(counts) == [0, 0, 0, 200]
+    # Each partition is new to exactly one caller; Glue's batches of 100 may split them.
+    assert sum(counts) == 200 and len(counts) == 4
+    assert list(catalog.list_partitions(TABLE.name)) == parts
 
 
 # -- SQLite only ---------------------------------------------------------------------------
@@ -233,3 +242,132 @@ def test_state_is_shared_by_a_second_instance(tmp_path: Path) -> None:
     SqliteCatalog(tmp_path / "c.sqlite").ensure_table(TABLE)
     SqliteCatalog(tmp_path / "c.sqlite").add_partitions(TABLE.name, hours(3))
     assert list(SqliteCatalog(tmp_path / "c.sqlite").list_partitions(TABLE.name)) == hours(3)
+
+
+# -- Glue only: the table Athena sees, and what moto cannot produce ------------------------
+
+# AWS's per-request limits; moto accepts any batch size, so the tests' client refuses more.
+GLUE_LIMITS = {
+    "BatchCreatePartition": ("PartitionInputList", 100),
+    "BatchDeletePartition": ("PartitionsToDelete", 25),
+}
+
+
+@pytest.fixture(scope="module")
+def glue_client(aws_clients: Any) -> Any:
+    """A Glue client on the session's moto server that refuses batches AWS would refuse."""
+    from sluice.backends.aws import AwsClients
+
+    client = AwsClients(aws_clients.config).client("glue")  # its own: the hook stays here
+
+    def enforce(params: dict[str, Any], model: Any, **_: Any) -> None:
+        member, limit = GLUE_LIMITS[model.name]
+        assert len(params[member]) <= limit, f"{model.name}: {len(params[member])} > {limit}"
+
+    for operation in GLUE_LIMITS:
+        client.meta.events.register(f"provide-client-params.glue.{operation}", enforce)
+    return client
+
+
+@pytest.fixture
+def glue(glue_client: Any) -> Iterator[Any]:
+    """A Glue catalog in a database of its own (moto's state lasts the whole session)."""
+    from sluice.backends.catalog.glue import GlueCatalog
+
+    database = f"sluice_test_{uuid.uuid4().hex[:12]}"
+    yield GlueCatalog(glue_client, database)
+    with contextlib.suppress(glue_client.exceptions.EntityNotFoundException):
+        glue_client.delete_database(Name=database)  # its tables and partitions go with it
+
+
+@pytest.mark.aws
+def test_glue_table_is_a_hive_parquet_table_athena_can_read(glue: Any, glue_client: Any) -> None:
+    glue.ensure_table(TABLE)
+    glue.add_partitions(TABLE.name, hours(1))
+
+    raw = glue_client.get_table(DatabaseName=glue.database, Name=TABLE.name)["Table"]
+    sd = raw["StorageDescriptor"]
+    assert raw["TableType"] == "EXTERNAL_TABLE"
+    assert sd["Location"] == TABLE.location
+    assert sd["SerdeInfo"]["SerializationLibrary"].endswith("ParquetHiveSerDe")
+    assert [(c["Name"], c["Type"]) for c in sd["Columns"]] == [
+        ("envelope__event_id", "string"),
+        ("envelope__occurred_at", "timestamp"),
+        ("payload__battery_pct", "bigint"),
+        ("payload__tags", "array<string>"),
+    ]
+    assert [(k["Name"], k["Type"]) for k in raw["PartitionKeys"]] == [
+        ("day", "string"),
+        ("hour", "string"),
+    ]
+    part = glue_client.get_partition(
+        DatabaseName=glue.database, TableName=TABLE.name, PartitionValues=["2025-01-01", "00"]
+    )["Partition"]
+    assert part["StorageDescriptor"]["Location"] == f"{TABLE.location}day=2025-01-01/hour=00/"
+
+
+@pytest.mark.aws
+def test_glue_maps_arrow_types_to_hive_and_refuses_the_rest(glue: Any) -> None:
+    from sluice.backends.catalog.glue import hive_type
+
+    nested = pa.struct([("a", pa.int32()), ("b", pa.map_(pa.string(), pa.float64()))])
+    assert hive_type(nested) == "struct<a:int,b:map<string,double>>"
+    assert hive_type(pa.decimal128(12, 3)) == "decimal(12,3)"
+    assert hive_type(pa.bool_()) == "boolean"
+    odd = TableDef("t_odd", "s3://verified/odd/", pa.schema([("d", pa.duration("s"))]), ())
+    with pytest.raises(ConfigError, match="duration"):
+        glue.ensure_table(odd)
+    assert glue.get_table("t_odd") is None
+
+
+@pytest.mark.aws
+def test_glue_leaves_tables_it_did_not_create_alone(glue: Any, glue_client: Any) -> None:
+    glue_client.create_database(DatabaseInput={"Name": glue.database})
+    glue_client.create_table(
+        DatabaseName=glue.database,
+        TableInput={"Name": "int_lock_compacted_daily", "Parameters": {"table_type": "ICEBERG"}},
+    )
+    glue.ensure_table(TABLE)
+
+    assert [t.name for t in glue.list_tables()] == [TABLE.name]
+    assert glue.get_table("int_lock_compacted_daily") is None
+    foreign = TableDef("int_lock_compacted_daily", "s3://lake/x/", SCHEMA, ())
+    for call in (lambda: glue.ensure_table(foreign), lambda: glue.drop_table(foreign.name)):
+        with pytest.raises(ConfigError, match="not created by sluice"):
+            call()
+    glue_client.get_table(DatabaseName=glue.database, Name=foreign.name)  # still there
+
+
+@pytest.mark.aws
+def test_glue_unchanged_table_gets_no_new_version(glue: Any, glue_client: Any) -> None:
+    def versions() -> int:
+        answer = glue_client.get_table_versions(DatabaseName=glue.database, TableName=TABLE.name)
+        return len(answer["TableVersions"])
+
+    glue.ensure_table(TABLE)
+    glue.ensure_table(TABLE)
+    assert versions() == 1
+    # A changed table is updated; moto keeps a version although SkipArchive asks AWS not to.
+    glue.ensure_table(TableDef(TABLE.name, "s3://verified/moved/", SCHEMA, TABLE.partition_keys))
+    assert versions() == 2
+
+
+@pytest.mark.aws
+def test_glue_per_entry_errors_other_than_the_harmless_one_raise(glue: Any) -> None:
+    """Moto's batch calls only ever report AlreadyExists / EntityNotFound per entry, so the
+    other per-entry answers are checked on answers shaped like AWS's."""
+    from sluice.errors import BackendBusy
+
+    def entry(code: str) -> dict[str, Any]:
+        detail = {"ErrorCode": code, "ErrorMessage": f"{code} for this partition"}
+        return {"PartitionValues": ["2025-01-01", "00"], "ErrorDetail": detail}
+
+    ok = {"Errors": [entry("AlreadyExistsException"), entry("AlreadyExistsException")]}
+    assert glue._entry_errors(ok, "AlreadyExistsException", TABLE.name) == 2
+    bad = {"Errors": [entry("AlreadyExistsException"), entry("InvalidInputException")]}
+    with pytest.raises(TerminalError, match="InvalidInputException") as info:
+        glue._entry_errors(bad, "AlreadyExistsException", TABLE.name)
+    assert info.value.context["errors"] == [entry("InvalidInputException")]
+    busy = {"Errors": [entry("InternalServiceException")]}
+    with pytest.raises(BackendBusy):
+        glue._entry_errors(busy, "EntityNotFoundException", TABLE.name)

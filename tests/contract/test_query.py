@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,7 +61,7 @@ class Lake:
         return self.engine.query(sql).column(0)[0].as_py()
 
 
-@pytest.fixture(params=["duckdb-local"])
+@pytest.fixture(params=["duckdb-local", pytest.param("duckdb-s3", marks=pytest.mark.aws)])
 def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
     if request.param == "duckdb-local":
         catalog = SqliteCatalog(tmp_path / "catalog.sqlite")
@@ -68,7 +70,46 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
         yield Lake(engine, catalog, store)
         engine.close()
         return
+    if request.param == "duckdb-s3":
+        yield from _s3_lake(request)
+        return
     raise AssertionError(f"unknown engine {request.param}")
+
+
+def _s3_lake(request: pytest.FixtureRequest) -> Iterator[Lake]:
+    """DuckDB reading S3 through pyarrow, tables in Glue: the AWS environment's own engine,
+    run for real against the moto server (`BUCKET` fresh, a Glue database of its own)."""
+    from sluice.backends.catalog.glue import GlueCatalog
+    from sluice.backends.store.s3 import S3ObjectStore
+    from tests.moto_server import REGION
+
+    clients: Any = request.getfixturevalue("aws_clients")
+    endpoint: str = request.getfixturevalue("moto_endpoint")
+    s3 = clients.client("s3")
+    _empty_bucket(s3, BUCKET)
+    database = f"sluice_test_{uuid.uuid4().hex[:12]}"
+    catalog = GlueCatalog(clients.client("glue"), database)
+    store = S3ObjectStore(s3, region=REGION, endpoint_url=endpoint, credentials=clients.credentials)
+    engine = DuckDBQueryEngine(catalog, store, threads=2)
+    yield Lake(engine, catalog, store)
+    engine.close()
+    clients.client("glue").delete_database(Name=database)
+    _empty_bucket(s3, BUCKET)
+
+
+def _empty_bucket(client: Any, bucket: str) -> None:
+    """Create `bucket` if missing and delete what it holds (the raw client: no code under test)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.create_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+            raise
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        objects = [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
+        if objects:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
 
 
 def rows(n: int, start: int = 0, battery: int = 50) -> pa.Table:

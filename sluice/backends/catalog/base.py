@@ -14,6 +14,27 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from sluice.errors import ConfigError
+
+
+def check_segment(what: str, value: str) -> None:
+    """Refuse a partition key or value that is not one safe path segment.
+
+    Raises:
+        ConfigError: empty, `.` or `..`, or holding `/`, `\\` or a control character.
+    """
+    bad = (
+        not value
+        or value in (".", "..")
+        or any(c in "/\\" or ord(c) < 0x20 or c == "\x7f" for c in value)
+    )
+    if bad:
+        raise ConfigError(
+            f"{what} {value!r} is not a safe path segment",
+            hint="partition values must be non-empty, not '.' or '..', and hold no '/', '\\' "
+            "or control characters",
+        )
+
 
 @dataclass(frozen=True)
 class TableDef:

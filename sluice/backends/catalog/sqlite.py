@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sluice.backends.catalog.base import Partition, TableDef
+from sluice.backends.catalog.base import Partition, TableDef, check_segment
 from sluice.backends.sqlite import SqliteDb
 from sluice.errors import ConfigError
 
@@ -34,25 +34,6 @@ CREATE TABLE IF NOT EXISTS partitions (
     PRIMARY KEY (table_name, vals)
 ) WITHOUT ROWID
 """
-
-
-def check_segment(what: str, value: str) -> None:
-    """Refuse a partition key or value that is not one safe path segment.
-
-    Raises:
-        ConfigError: empty, `.` or `..`, or holding `/`, `\\` or a control character.
-    """
-    bad = (
-        not value
-        or value in (".", "..")
-        or any(c in "/\\" or ord(c) < 0x20 or c == "\x7f" for c in value)
-    )
-    if bad:
-        raise ConfigError(
-            f"{what} {value!r} is not a safe path segment",
-            hint="partition values must be non-empty, not '.' or '..', and hold no '/', '\\' "
-            "or control characters",
-        )
 
 
 class SqliteCatalog:

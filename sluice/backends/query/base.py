@@ -17,5 +17,6 @@ class QueryEngine(Protocol):
 
         Raises:
             QueryFailed: the engine rejected or failed the statement (message says why).
+            TransientError: a remote engine (Athena) throttled or timed out; run it again later.
         """
         ...
