@@ -13,10 +13,11 @@ Configuration comes from SLUICE_* environment variables (`sluice.config.config_f
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from sluice.catalog.reconcile import reconcile
+from sluice.catalog.reconcile import DEFAULT_LOOKBACK_HOURS, reconcile
 from sluice.config import config_from_environ
 from sluice.env import Env, open_env
 from sluice.messages import CORRELATION_ID
@@ -60,6 +61,11 @@ def parser_handler(event: dict[str, Any], context: Any, env: Env | None = None) 
 def reconciler_handler(
     event: dict[str, Any], context: Any, env: Env | None = None
 ) -> dict[str, Any]:
-    result = reconcile(env or _env())
+    """`event` may set `lookback_hours` and `min_age_minutes` (the schedule's input)."""
+    result = reconcile(
+        env or _env(),
+        lookback_hours=int(event.get("lookback_hours", DEFAULT_LOOKBACK_HOURS)),
+        min_age=timedelta(minutes=float(event.get("min_age_minutes", 10))),
+    )
     out: dict[str, Any] = to_jsonable(result)
     return out

@@ -24,6 +24,9 @@ from sluice.layout import RAW_TELEMETRY_PREFIX, ObjectUri
 from sluice.messages import process_raw_file
 
 DEFAULT_LOOKBACK_HOURS = 3
+# An object younger than this is left to its own notification, so that a healthy pipeline is
+# not sent every object twice.
+DEFAULT_MIN_AGE = timedelta(minutes=10)
 
 
 @dataclass
@@ -46,6 +49,7 @@ def reconcile(
     env: Env,
     *,
     lookback_hours: int = DEFAULT_LOOKBACK_HOURS,
+    min_age: timedelta = DEFAULT_MIN_AGE,
     now: datetime | None = None,
     dry_run: bool = False,
 ) -> ReconcileResult:
@@ -69,7 +73,7 @@ def reconcile(
                 and record.status is FileStatus.PROCESSING
                 and not record.is_stuck(now)
             )
-            if not leased:
+            if not leased and info.last_modified <= now - min_age:
                 result.enqueued.append(info.uri)
                 outbox.append(process_raw_file(ObjectUri(raw, info.key)))
     for table, wanted in missing.items():

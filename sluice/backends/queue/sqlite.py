@@ -7,13 +7,14 @@ when a send or receive passes by.
 
 Where this differs from SQS: a stale or unknown receipt handle raises `ReceiptHandleInvalid`
 (SQS accepts it and leaves the message in place); delivery is strictly oldest first (SQS: best
-effort); there is no per-message delay, so `delayed` is always 0.
+effort); there is no per-message delay, so `delayed` is always 0; a message moved to the
+dead-letter queue restarts its receive count (SQS keeps counting); a DLQ move runs inside
+`start_message_move` instead of as a background task.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 import uuid
@@ -23,30 +24,27 @@ from pathlib import Path
 
 from sluice.backends.queue.base import (
     MAX_BATCH,
+    MAX_RECEIVE_COUNT,
+    MAX_RETENTION_SECONDS,
+    MAX_VISIBILITY_SECONDS,
+    MAX_WAIT_SECONDS,
     Message,
+    MoveTask,
     OutgoingMessage,
     QueueCounts,
     QueueSettings,
     RedrivePolicy,
     SendBatchResult,
+    batch_entry_ids,
+    check_name,
+    check_range,
+    move_messages,
+    validate_message,
 )
 from sluice.backends.sqlite import SqliteDb
-from sluice.errors import BatchTooLarge, ConfigError, QueueNotFound, ReceiptHandleInvalid
+from sluice.errors import ConfigError, QueueNotFound, ReceiptHandleInvalid
 
-# SQS's limits, so that what works here works on SQS.
-MAX_MESSAGE_BYTES = 256 * 1024  # body and attributes together; also the limit of a whole batch
-MAX_ATTRIBUTES = 10
-MAX_VISIBILITY_SECONDS = 12 * 3600
-MAX_RETENTION_SECONDS = 14 * 24 * 3600
-MAX_WAIT_SECONDS = 20
-MAX_RECEIVE_COUNT = 1000
 POLL_INTERVAL_SECONDS = 0.05
-
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")  # queue names and batch entry ids
-_ATTRIBUTE_NAME = re.compile(r"(?!\.)(?!.*\.\.)(?!.*\.$)[A-Za-z0-9_.-]{1,256}")
-_RESERVED_ATTRIBUTE_PREFIXES = ("aws.", "amazon.")
-# SQS refuses any character outside XML 1.0's Char production (and so do lone surrogates here).
-_INVALID_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -92,17 +90,17 @@ class SqliteQueueFactory:
             ConfigError: a bad name or setting, or a queue naming itself as its dead-letter queue.
             QueueNotFound: the redrive policy names a queue that does not exist.
         """
-        _check_id("queue name", name)
-        _check_range(
+        check_name("queue name", name)
+        check_range(
             "visibility_timeout_seconds",
             settings.visibility_timeout_seconds,
             0,
             MAX_VISIBILITY_SECONDS,
         )
-        _check_range("retention_seconds", settings.retention_seconds, 1, MAX_RETENTION_SECONDS)
+        check_range("retention_seconds", settings.retention_seconds, 1, MAX_RETENTION_SECONDS)
         policy = settings.redrive_policy
         if policy is not None:
-            _check_range("max_receive_count", policy.max_receive_count, 1, MAX_RECEIVE_COUNT)
+            check_range("max_receive_count", policy.max_receive_count, 1, MAX_RECEIVE_COUNT)
             if policy.dead_letter_queue == name:
                 raise ConfigError(f"queue {name!r} cannot be its own dead-letter queue", queue=name)
         with self._db.write() as conn:
@@ -132,6 +130,34 @@ class SqliteQueueFactory:
         _load_settings(self._db.read(), name)
         return SqliteQueue(self._db, name)
 
+    def start_message_move(
+        self, source_dlq: str, destination: str | None = None, max_per_second: int | None = None
+    ) -> MoveTask:
+        """Move the DLQ's messages inside this call; the task returned is finished.
+
+        Raises:
+            QueueNotFound: either queue does not exist.
+            ConfigError: a rate out of range, the source as its own destination, or no
+                destination given and the DLQ is not the DLQ of exactly one queue.
+        """
+        source = self.open(source_dlq)
+        if destination is None:
+            rows = self._db.read().execute(
+                "SELECT name FROM queues WHERE dead_letter_queue = ? ORDER BY name", (source_dlq,)
+            )
+            sources = [row["name"] for row in rows.fetchall()]
+            if len(sources) != 1:
+                raise ConfigError(
+                    f"queue {source_dlq!r} is the dead-letter queue of {len(sources)} queues"
+                    f" {sources}; name the destination",
+                    queue=source_dlq,
+                )
+            destination = sources[0]
+        return move_messages(source, self.open(destination), max_per_second=max_per_second)
+
+    def move_task_status(self, task: MoveTask) -> MoveTask:
+        return task
+
     def close(self) -> None:
         """Close this thread's connection to the database."""
         self._db.close()
@@ -151,7 +177,7 @@ class SqliteQueue:
             ConfigError: an empty or oversized body, or bad attributes.
         """
         outgoing = OutgoingMessage(body, dict(attributes or {}))
-        _validate(outgoing)
+        validate_message(outgoing)
         message_id = str(uuid.uuid4())
         with self._db.write() as conn:
             self._insert(conn, [(message_id, outgoing)])
@@ -164,31 +190,12 @@ class SqliteQueue:
             BatchTooLarge: more than MAX_BATCH entries, or more than MAX_MESSAGE_BYTES in all.
             ConfigError: no entries, or entry ids that are malformed or not distinct.
         """
-        if not entries:
-            raise ConfigError("a batch needs at least one entry", queue=self.name)
-        if len(entries) > MAX_BATCH:
-            raise BatchTooLarge(
-                f"{len(entries)} entries in one batch; the limit is {MAX_BATCH}",
-                queue=self.name,
-                entries=len(entries),
-            )
-        ids = [entry.entry_id or str(i) for i, entry in enumerate(entries)]
-        for entry_id in ids:
-            _check_id("batch entry id", entry_id)
-        if len(set(ids)) != len(ids):
-            raise ConfigError("batch entry ids are not distinct", queue=self.name, entry_ids=ids)
-        total = sum(_size(entry) for entry in entries)
-        if total > MAX_MESSAGE_BYTES:
-            raise BatchTooLarge(
-                f"the batch holds {total} bytes; the limit is {MAX_MESSAGE_BYTES}",
-                queue=self.name,
-                size=total,
-            )
+        ids = batch_entry_ids(self.name, entries)
         failed: dict[str, str] = {}
         valid: dict[str, OutgoingMessage] = {}
         for entry_id, entry in zip(ids, entries, strict=True):
             try:
-                _validate(entry)
+                validate_message(entry)
             except ConfigError as exc:
                 failed[entry_id] = exc.message
             else:
@@ -211,10 +218,10 @@ class SqliteQueue:
         Raises:
             ConfigError: `max_messages` outside 1..MAX_BATCH, or a timeout or wait out of range.
         """
-        _check_range("max_messages", max_messages, 1, MAX_BATCH)
+        check_range("max_messages", max_messages, 1, MAX_BATCH)
         if visibility_timeout is not None:
-            _check_range("visibility_timeout", visibility_timeout, 0, MAX_VISIBILITY_SECONDS)
-        _check_range("wait_seconds", wait_seconds, 0, MAX_WAIT_SECONDS)
+            check_range("visibility_timeout", visibility_timeout, 0, MAX_VISIBILITY_SECONDS)
+        check_range("wait_seconds", wait_seconds, 0, MAX_WAIT_SECONDS)
         deadline = time.monotonic() + wait_seconds
         while True:
             # A read never blocks (WAL), so idle pollers do not queue up on the write lock.
@@ -242,7 +249,7 @@ class SqliteQueue:
         """Raises:
         ReceiptHandleInvalid: the handle is unknown or superseded.
         ConfigError: the timeout is outside 0..12 hours."""
-        _check_range("timeout_seconds", timeout_seconds, 0, MAX_VISIBILITY_SECONDS)
+        check_range("timeout_seconds", timeout_seconds, 0, MAX_VISIBILITY_SECONDS)
         with self._db.write() as conn:
             cursor = conn.execute(
                 "UPDATE queue_messages SET visible_at = ? WHERE queue = ? AND receipt_handle = ?",
@@ -375,46 +382,3 @@ def _load_settings(conn: sqlite3.Connection, name: str) -> QueueSettings:
         retention_seconds=row["retention_seconds"],
         redrive_policy=policy,
     )
-
-
-def _size(message: OutgoingMessage) -> int:
-    parts = [message.body, *message.attributes.keys(), *message.attributes.values()]
-    return len("".join(parts).encode("utf-8", "surrogatepass"))
-
-
-def _validate(message: OutgoingMessage) -> None:
-    if not message.body:
-        raise ConfigError("a message body must not be empty")
-    if _INVALID_CHAR.search(message.body):
-        raise ConfigError("the message body holds characters SQS does not accept")
-    if len(message.attributes) > MAX_ATTRIBUTES:
-        raise ConfigError(
-            f"{len(message.attributes)} attributes; a message carries at most {MAX_ATTRIBUTES}"
-        )
-    for key, value in message.attributes.items():
-        if not _ATTRIBUTE_NAME.fullmatch(key) or key.lower().startswith(
-            _RESERVED_ATTRIBUTE_PREFIXES
-        ):
-            raise ConfigError(f"attribute name {key!r} is not valid on SQS", attribute=key)
-        if not value or _INVALID_CHAR.search(value):
-            raise ConfigError(
-                f"attribute {key!r} must have a non-empty value of characters SQS accepts",
-                attribute=key,
-            )
-    size = _size(message)
-    if size > MAX_MESSAGE_BYTES:
-        raise ConfigError(
-            f"the message is {size} bytes with its attributes; the limit is"
-            f" {MAX_MESSAGE_BYTES} (256 KiB): put large payloads in the object store",
-            size=size,
-        )
-
-
-def _check_id(what: str, value: str) -> None:
-    if not _NAME.fullmatch(value):
-        raise ConfigError(f"{what} {value!r} must be 1-80 letters, digits, '-' or '_'")
-
-
-def _check_range(what: str, value: float, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{what} must be within {low}..{high}, not {value}")
