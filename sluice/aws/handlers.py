@@ -21,7 +21,7 @@ from sluice.catalog.reconcile import DEFAULT_LOOKBACK_HOURS, reconcile
 from sluice.config import config_from_environ
 from sluice.env import Env, open_env
 from sluice.messages import CORRELATION_ID
-from sluice.process.worker import Disposition, WorkerStats, decide
+from sluice.process.worker import Disposition, WorkerStats, decide, near_dead_letter
 from sluice.serialize import to_jsonable
 
 
@@ -52,6 +52,8 @@ def parser_handler(event: dict[str, Any], context: Any, env: Env | None = None) 
         stats.record(decision)
         if decision.disposition is Disposition.DEAD_LETTER:
             env.processing_dlq.send(record["body"], attributes)
+        elif decision.busy and near_dead_letter(env.processing_queue, receive_count):
+            env.processing_queue.send(record["body"], attributes)  # see worker.requeue
         elif decision.disposition is Disposition.RETRY:
             failures.append({"itemIdentifier": record["messageId"]})
     print({"sluice": "parser", **to_jsonable(stats)})  # one structured log line per batch

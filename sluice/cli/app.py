@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from sluice.cli.render import err_console, print_json
 from sluice.config import EnvConfig, load_config
@@ -81,9 +82,9 @@ def fail(exc: SluiceError, as_json: bool) -> None:
     if as_json:
         print_json(exc.to_dict())
     else:
-        err_console.print(f"[bold red]error:[/] {exc.message}")
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}")
         if exc.hint:
-            err_console.print(f"[yellow]next:[/] {exc.hint}")
+            err_console.print(f"[yellow]next:[/] {escape(exc.hint)}")
 
 
 def main(argv: list[str] | None = None) -> None:

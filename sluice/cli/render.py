@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sluice.serialize import to_jsonable
@@ -26,7 +27,7 @@ def arrow_table(table: pa.Table, *, title: str | None = None, max_rows: int = 50
     for name in table.column_names:
         out.add_column(name, overflow="fold")
     for row in table.slice(0, max_rows).to_pylist():
-        out.add_row(*("" if v is None else str(v) for v in row.values()))
+        out.add_row(*("" if v is None else escape(str(v)) for v in row.values()))
     if table.num_rows > max_rows:
         out.caption = f"{max_rows} of {table.num_rows} rows shown (use --json for all)"
     return out
@@ -37,7 +38,7 @@ def key_values(title: str, rows: Sequence[tuple[str, Any]]) -> Table:
     out.add_column("", style="bold")
     out.add_column("")
     for key, value in rows:
-        out.add_row(key, str(value))
+        out.add_row(escape(key), escape(str(value)))
     return out
 
 
@@ -46,5 +47,5 @@ def counts_table(title: str, header: tuple[str, str], counts: Mapping[str, int])
     out.add_column(header[0])
     out.add_column(header[1], justify="right")
     for key, value in sorted(counts.items()):
-        out.add_row(key, f"{value:,}")
+        out.add_row(escape(key), f"{value:,}")
     return out

@@ -90,70 +90,73 @@ class FastBatch:
         return table if table.num_rows == len(self.lines) else None
 
 
-def _fan_out(table: pa.Table) -> tuple[pa.Table, pa.StructArray, pa.Array]:
-    """One row per assertion (one row for an event with none): the event columns repeated,
-    the assertion struct per row, and each row's ordinal."""
-    payload = table.column("payload").combine_chunks()
-    assertions = payload.flatten()[payload.type.get_field_index("assertions")]
-    lengths = pc.fill_null(pc.list_value_length(assertions), 0)
-    # Events without assertions get a one-element list holding a null assertion.
-    padded = pc.if_else(
-        pc.greater(lengths, 0),
-        assertions,
-        pa.scalar([None], type=pa.list_(_ASSERTION_TYPE)),
+def _row_layout(lengths: pa.Array, order: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """For events taken in `order` and fanned out (one row per assertion, one for an event with
+    none): each row's event (an index into the batch), its ordinal, and where each event's rows
+    start."""
+    counts = pc.max_element_wise(pc.take(lengths, order), 1)
+    starts = pa.concat_arrays(
+        [pa.array([0], pa.int64()), pc.cumulative_sum(counts.cast(pa.int64()))]
     )
-    parents = pc.list_parent_indices(padded)
-    elements = pc.list_flatten(padded)
-    starts = pc.take(padded.offsets, parents)
-    positions = pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), len(parents))), 1)
-    ordinals = pc.subtract(positions, starts).cast(pa.int32())
-    return table.take(parents), elements, ordinals
+    total = starts[-1].as_py()
+    rows_of = pa.ListArray.from_arrays(starts, pa.nulls(total, pa.int8()))
+    event_of_row = pc.list_parent_indices(rows_of)  # index into the sorted events
+    positions = pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), total)), 1)
+    ordinals = pc.subtract(positions, pc.take(starts, event_of_row))
+    return pc.take(order, event_of_row), ordinals, starts
 
 
 def partitions(
     batch: FastBatch, table: pa.Table, source_ref: str, received_at: datetime
 ) -> Iterator[tuple[str, str, str, pa.Table]]:
-    """(type, day, hour, rows in the table's schema) for every partition the batch touches."""
-    table = table.append_column("_line", pa.array(batch.numbers, pa.int64()))
-    table = table.append_column("_occurred", pa.array(batch.occurred_us, pa.int64()))
-    rows, assertion, ordinals = _fan_out(table)
-    envelope = rows.column("envelope").combine_chunks()
-    payload = rows.column("payload").combine_chunks()
+    """(type, day, hour, rows in the table's schema) for every partition the batch touches.
+
+    Events are ordered by partition first (a stable sort, so lines keep their order), then
+    fanned out: each partition is then one contiguous slice of every column.
+    """
+    envelope = table.column("envelope").combine_chunks()
+    payload = table.column("payload").combine_chunks()
     env_cols = dict(zip(envelope.type.names, envelope.flatten(), strict=True))
     pay_cols = dict(zip(payload.type.names, payload.flatten(), strict=True))
-    asr_cols = dict(zip(assertion.type.names, assertion.flatten(), strict=True))
-    occurred_us = rows.column("_occurred").combine_chunks()
-    n = rows.num_rows
+    assertions = pay_cols.pop("assertions")
+    occurred_us = pa.array(batch.occurred_us, pa.int64())
+    # One integer per partition: the type's index, then hours since the epoch.
+    type_index = pc.index_in(env_cols["type"], value_set=_TYPES).cast(pa.int64())
+    key = pc.add(pc.multiply(type_index, _TYPE_STRIDE), pc.divide(occurred_us, HOUR_US))
+    order = pc.sort_indices(key)
+    lengths = pc.fill_null(pc.list_value_length(assertions), 0)
+    event_of_row, ordinals, starts = _row_layout(lengths, order)
+    has_assertion = pc.greater(pc.take(lengths, event_of_row), 0)
+    element = pc.if_else(
+        has_assertion, pc.add(pc.take(assertions.offsets, event_of_row), ordinals), None
+    )
+    asr_cols = dict(
+        zip(_ASSERTION_TYPE.names, pc.take(assertions.values, element).flatten(), strict=True)
+    )
+    n = len(event_of_row)
     nulls = pa.nulls(n, pa.string())
     columns: dict[str, pa.Array] = {
-        **{f"envelope__{k}": v for k, v in env_cols.items()},
-        "envelope__occurred_at": occurred_us.cast(TIMESTAMP),
+        **{f"envelope__{k}": pc.take(v, event_of_row) for k, v in env_cols.items()},
+        "envelope__occurred_at": pc.take(occurred_us, event_of_row).cast(TIMESTAMP),
         "envelope__extra": nulls,
-        **{f"payload__{k}": v for k, v in pay_cols.items() if k != "assertions"},
+        **{f"payload__{k}": pc.take(v, event_of_row) for k, v in pay_cols.items()},
         **{f"payload__assertion__{k}": v for k, v in asr_cols.items()},
         "payload__assertion__extra": nulls,
         "payload__extra": nulls,
         "envelope__received_at": pa.repeat(pa.scalar(received_at, TIMESTAMP), n),
         "envelope__source_ref": pa.repeat(pa.scalar(source_ref, pa.string()), n),
-        "envelope__line": rows.column("_line").combine_chunks(),
-        "envelope__ordinal": ordinals,
+        "envelope__line": pc.take(pa.array(batch.numbers, pa.int64()), event_of_row),
+        "envelope__ordinal": ordinals.cast(pa.int32()),
         "envelope__parser_version": pa.repeat(pa.scalar(PARSER_VERSION, pa.string()), n),
     }
-    # One integer per partition: the type's index, then hours since the epoch.
-    type_index = pc.index_in(env_cols["type"], value_set=_TYPES)
-    key = pc.add(
-        pc.multiply(type_index.cast(pa.int64()), _TYPE_STRIDE), pc.divide(occurred_us, HOUR_US)
-    )
-    # A stable sort: within a partition, rows keep the order of their lines.
-    order = pc.sort_indices(key)
     runs = pc.run_end_encode(pc.take(key, order))
+    row_ends = pc.take(starts, runs.run_ends).to_pylist()
     start = 0
-    for end, value in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+    for end, value in zip(row_ends, runs.values.to_pylist(), strict=True):
         type_ = _TYPES[value // _TYPE_STRIDE].as_py()
         schema = SPECS[type_].schema
-        indices = order.slice(start, end - start)
         part = pa.Table.from_arrays(
-            [pc.take(columns[f.name], indices) for f in schema], schema=schema
+            [columns[f.name].slice(start, end - start) for f in schema], schema=schema
         )
         t = datetime.fromtimestamp((value % _TYPE_STRIDE) * 3600, UTC)
         yield type_, t.date().isoformat(), f"{t.hour:02d}", part

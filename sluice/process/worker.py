@@ -16,7 +16,8 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from types import FrameType
@@ -171,6 +172,20 @@ def decide(
     return Decision(Disposition.DELETE, tuple(results), source)
 
 
+def near_dead_letter(queue: Queue, receive_count: int) -> bool:
+    """True when one more failed receive would send the message to the DLQ."""
+    policy = queue.settings().redrive_policy
+    return policy is not None and receive_count >= policy.max_receive_count - 1
+
+
+def requeue(queue: Queue, message: Message) -> None:
+    """Send a copy (body and attributes unchanged) and delete the original, so its receive
+    count starts again. For messages whose object is busy: waiting for another worker's lease
+    is not a failure, and must not push a message to the DLQ however long the wait."""
+    queue.send(message.body, message.attributes)
+    queue.delete(message.receipt_handle)
+
+
 def handle_message(
     env: Env,
     queue: Queue,
@@ -190,6 +205,8 @@ def handle_message(
         queue.delete(message.receipt_handle)
     elif decision.disposition is Disposition.DEAD_LETTER:
         dead_letter(env, queue, message)
+    elif decision.busy and near_dead_letter(queue, message.receive_count):
+        requeue(queue, message)
     else:
         queue.change_visibility(message.receipt_handle, decision.retry_after)
     for event in stats.record(decision):
@@ -245,6 +262,19 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self.set)
 
 
+@contextmanager
+def _signals_to(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Route SIGTERM/SIGINT to `handler` for the duration, then give back the previous ones."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _child(config: EnvConfig, until_idle: bool, results: Any) -> None:
     flag = _StopFlag()
     flag.install()
@@ -274,11 +304,11 @@ def run_workers(
         raise SluiceError(f"--processes must be at least 1, not {processes}")
     if processes == 1:
         flag = _StopFlag()
-        flag.install()
         stop = (lambda: flag() or should_stop()) if should_stop else flag
-        return run_worker(
-            open_env(config), until_idle=until_idle, should_stop=stop, on_event=on_event
-        )
+        with _signals_to(flag.set):
+            return run_worker(
+                open_env(config), until_idle=until_idle, should_stop=stop, on_event=on_event
+            )
     open_env(config)  # set up queues and tables once, before the children race to
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
@@ -293,25 +323,24 @@ def run_workers(
             if child.pid is not None and child.is_alive():
                 os.kill(child.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    total = WorkerStats()
-    finished = 0
-    while finished < processes:
-        try:
-            kind, payload = results.get(timeout=1)
-        except Exception:  # queue.Empty: check whether a child died without reporting
-            if all(not c.is_alive() for c in children) and results.empty():
-                break
-            if should_stop is not None and should_stop():
-                forward(signal.SIGTERM, None)
-            continue
-        if kind == "event":
-            if on_event is not None:
-                on_event(WorkerEvent(**payload))
-        else:
-            total.add(WorkerStats(**payload))
-            finished += 1
-    for child in children:
-        child.join()
-    return total
+    with _signals_to(forward):
+        total = WorkerStats()
+        finished = 0
+        while finished < processes:
+            try:
+                kind, payload = results.get(timeout=1)
+            except Exception:  # queue.Empty: check whether a child died without reporting
+                if all(not c.is_alive() for c in children) and results.empty():
+                    break
+                if should_stop is not None and should_stop():
+                    forward(signal.SIGTERM, None)
+                continue
+            if kind == "event":
+                if on_event is not None:
+                    on_event(WorkerEvent(**payload))
+            else:
+                total.add(WorkerStats(**payload))
+                finished += 1
+        for child in children:
+            child.join()
+        return total

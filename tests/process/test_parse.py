@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -263,7 +264,8 @@ field_values = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**64), max_value=2**64),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from([81.0, 1.5, "", "x", "2025-11-24T21:09:35Z", [], {}, [{}]]),
+    # Fresh containers each time: a shared one could end up inside itself.
+    st.sampled_from([81.0, 1.5, "", "x", "2025-11-24T21:09:35Z", [], {}, [{}]]).map(copy.deepcopy),
 )
 envelope_names = st.sampled_from(
     ["event_id", "type", "event_kind", "device_id", "occurred_at", "schema_version", "batch_id"]

@@ -11,7 +11,11 @@ Lease timeline of a claim::
     claim(lease=30s) ── (worker dies) ── lease expires ── claim() by another worker wins
 
 `complete`, `fail`, `extend` and `record_pending_outputs` succeed only while the caller still
-holds the claim (same token); otherwise they raise `LeaseLost` and change nothing.
+holds the claim (same token, still processing); otherwise they raise `LeaseLost` and change
+nothing. An expired lease that nobody took over is still held: the token decides, not the clock.
+
+Every verb may also raise `BackendBusy` (a `TransientError`: the backend is locked, throttling or
+unreachable; retry) and `ConfigError` (the ledger's store is missing or not allowed).
 """
 
 from __future__ import annotations
@@ -165,9 +169,19 @@ class Ledger(Protocol):
         """Take the object for processing, conditionally: one winner among concurrent claimers.
 
         Outcomes, in the order they are checked:
-        REDRIVE_DONE when `redrive_id` was already completed; BUSY when another claim's lease has
-        not expired; ALREADY_COMPLETED when the record is completed at the same ETag and `force`
-        is false; otherwise CLAIMED, with attempts incremented and a fresh token.
+        REDRIVE_DONE when `redrive_id` was already completed for this object (done redrives are
+        kept per bucket, key and id: one redrive run sends its id with many objects);
+        BUSY when the record is processing under an unexpired lease, whoever asks (the same
+        owner included: a claim carries no token, so asking again is a second claim);
+        ALREADY_COMPLETED when the record is completed at the same ETag and `force` is false;
+        otherwise CLAIMED (from pending, failed, completed-and-forced, a changed ETag, or an
+        expired lease), with a fresh token, the caller as owner and attempts incremented, or
+        restarted at 1 when the ETag changed (a new input; its old outputs stay on the record
+        until `complete` replaces them).
+
+        CLAIMED carries the record as claimed; the others the record as read (None if the
+        object is unknown). A claimer that loses a race to a concurrent write decides again on
+        the winner's write (so it is BUSY); one that cannot settle raises `BackendBusy`.
         """
         ...
 
@@ -177,7 +191,9 @@ class Ledger(Protocol):
 
     def record_pending_outputs(self, claim: Claim, keys: Sequence[str]) -> None:
         """Remember keys about to be written, so a later run removes them if it no longer
-        produces them, even when this run dies before `complete`. Raises: LeaseLost."""
+        produces them, even when this run dies before `complete`. Adds to the keys already
+        pending (a union, in order of first appearance): keys of runs that died stay remembered
+        until a `complete` clears them. Raises: LeaseLost."""
         ...
 
     def complete(
@@ -189,7 +205,9 @@ class Ledger(Protocol):
         redrive_id: str | None = None,
     ) -> FileRecord:
         """Mark completed with its outputs (replacing the previous ones) and counts; clears
-        pending outputs and the last error; records `redrive_id` as done. Raises: LeaseLost."""
+        pending outputs, the last error and the lease, keeps the owner (who completed it);
+        records `redrive_id` as done for this object, atomically with the completion.
+        Raises: LeaseLost."""
         ...
 
     def fail(
@@ -201,12 +219,16 @@ class Ledger(Protocol):
         terminal: bool,
         correlation_id: str | None = None,
     ) -> FileRecord:
-        """Mark failed with the reason; keeps the previous outputs (they stay valid) and appends
-        to the failure history. Raises: LeaseLost."""
+        """Mark failed with the reason; keeps the previous outputs (they stay valid), the pending
+        outputs and the owner, clears the lease, and appends to the failure history (atomically
+        with the status change). A failed record is claimable again without `force`.
+        Raises: LeaseLost."""
         ...
 
     def reset(self, bucket: str, key: str) -> FileRecord | None:
-        """Release a stuck or failed record to PENDING (outputs kept); None if unknown."""
+        """Release a record to PENDING whatever its status (meant for stuck or failed ones):
+        clears owner and lease, keeps outputs and attempts; the holder of a claim it released
+        gets `LeaseLost` on its next verb. None if unknown."""
         ...
 
     def get(self, bucket: str, key: str) -> FileRecord | None: ...
@@ -218,7 +240,8 @@ class Ledger(Protocol):
         updated_before: datetime | None = None,
         limit: int | None = None,
     ) -> Iterator[FileRecord]:
-        """Records, oldest update first, optionally by status and age."""
+        """Records, oldest update first, optionally by status and age (`updated_at` strictly
+        before `updated_before`), at most `limit`; yielded lazily, a page at a time."""
         ...
 
     def failures(self, bucket: str, key: str) -> builtins.list[FailureEvent]:
@@ -226,7 +249,8 @@ class Ledger(Protocol):
         ...
 
     def record_receipt(self, receipt: Receipt) -> None:
-        """Record what ingest wrote into a raw object (idempotent per bucket and key)."""
+        """Record what ingest wrote into a raw object. Idempotent per bucket and key: the first
+        receipt wins, a later one (replayed or different) changes nothing."""
         ...
 
     def get_receipt(self, bucket: str, key: str) -> Receipt | None: ...

@@ -177,10 +177,13 @@ class SqliteLedger:
             ).fetchone()
             current = None if row is None else _record(row)
             # Done redrives are per object: one redrive run may send its id with many objects.
-            if redrive_id is not None and conn.execute(
-                "SELECT 1 FROM redrives WHERE bucket = ? AND key = ? AND redrive_id = ?",
-                (source.bucket, source.key, redrive_id),
-            ).fetchone():
+            if (
+                redrive_id is not None
+                and conn.execute(
+                    "SELECT 1 FROM redrives WHERE bucket = ? AND key = ? AND redrive_id = ?",
+                    (source.bucket, source.key, redrive_id),
+                ).fetchone()
+            ):
                 return ClaimResult(ClaimOutcome.REDRIVE_DONE, record=current)
             if current is None:
                 # Insert only if absent (DynamoDB: attribute_not_exists on the key).
@@ -188,8 +191,17 @@ class SqliteLedger:
                     "INSERT INTO files (bucket, key, etag, status, version, attempts, owner, token,"
                     " lease_expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, 1, 1, ?, ?,"
                     " ?, ?, ?) ON CONFLICT (bucket, key) DO NOTHING",
-                    (source.bucket, source.key, source.etag, _PROCESSING, owner, token,
-                     _to_us(lease), now_us, now_us),
+                    (
+                        source.bucket,
+                        source.key,
+                        source.etag,
+                        _PROCESSING,
+                        owner,
+                        token,
+                        _to_us(lease),
+                        now_us,
+                        now_us,
+                    ),
                 )
                 attempt = 1
             else:
@@ -208,14 +220,25 @@ class SqliteLedger:
                     "UPDATE files SET etag = ?, status = ?, version = version + 1, attempts = ?,"
                     " owner = ?, token = ?, lease_expires_at = ?, updated_at = ?"
                     " WHERE bucket = ? AND key = ? AND version = ?",
-                    (source.etag, _PROCESSING, attempt, owner, token, _to_us(lease), now_us,
-                     source.bucket, source.key, row["version"]),
+                    (
+                        source.etag,
+                        _PROCESSING,
+                        attempt,
+                        owner,
+                        token,
+                        _to_us(lease),
+                        now_us,
+                        source.bucket,
+                        source.key,
+                        row["version"],
+                    ),
                 )
             if cur.rowcount != 1:
                 raise BackendBusy("claim lost a race; retry", source_ref=source.uri)
             record = self._get(conn, source.bucket, source.key)
-        claim = Claim(source=source, owner=owner, token=token, attempt=attempt,
-                      lease_expires_at=lease)
+        claim = Claim(
+            source=source, owner=owner, token=token, attempt=attempt, lease_expires_at=lease
+        )
         return ClaimResult(ClaimOutcome.CLAIMED, claim=claim, record=record)
 
     def extend(self, claim: Claim, lease_seconds: float) -> Claim:
@@ -225,8 +248,13 @@ class SqliteLedger:
             self._update_held(
                 conn, claim, "lease_expires_at = ?, updated_at = ?", (_to_us(lease), _to_us(now))
             )
-        return Claim(source=claim.source, owner=claim.owner, token=claim.token,
-                     attempt=claim.attempt, lease_expires_at=lease)
+        return Claim(
+            source=claim.source,
+            owner=claim.owner,
+            token=claim.token,
+            attempt=claim.attempt,
+            lease_expires_at=lease,
+        )
 
     def record_pending_outputs(self, claim: Claim, keys: Sequence[str]) -> None:
         with self._db.write() as conn:
@@ -234,7 +262,9 @@ class SqliteLedger:
             # A union, so several calls during one run (and runs that died) all stay remembered.
             merged = tuple(dict.fromkeys((*record.pending_outputs, *keys)))
             self._update_held(
-                conn, claim, "pending_outputs = ?, updated_at = ?",
+                conn,
+                claim,
+                "pending_outputs = ?, updated_at = ?",
                 (msgspec.json.encode(merged).decode(), _to_us(self._clock())),
             )
 
@@ -250,12 +280,18 @@ class SqliteLedger:
         source = claim.source
         with self._db.write() as conn:
             self._update_held(
-                conn, claim,
+                conn,
+                claim,
                 "status = ?, outputs = ?, counts = ?, pending_outputs = '[]', last_error = NULL,"
                 " error_class = NULL, terminal = 0, token = NULL, lease_expires_at = NULL,"
                 " completed_at = ?, updated_at = ?",
-                (FileStatus.COMPLETED.value, msgspec.json.encode(tuple(outputs)).decode(),
-                 msgspec.json.encode(counts).decode(), now_us, now_us),
+                (
+                    FileStatus.COMPLETED.value,
+                    msgspec.json.encode(tuple(outputs)).decode(),
+                    msgspec.json.encode(counts).decode(),
+                    now_us,
+                    now_us,
+                ),
             )
             if redrive_id is not None:
                 conn.execute(
@@ -278,7 +314,8 @@ class SqliteLedger:
         source = claim.source
         with self._db.write() as conn:
             self._update_held(
-                conn, claim,
+                conn,
+                claim,
                 "status = ?, last_error = ?, error_class = ?, terminal = ?, token = NULL,"
                 " lease_expires_at = NULL, updated_at = ?",
                 (FileStatus.FAILED.value, error, error_class, int(terminal), now_us),
@@ -287,8 +324,17 @@ class SqliteLedger:
             conn.execute(
                 "INSERT INTO failures (bucket, key, etag, attempt, error_class, error, terminal,"
                 " correlation_id, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (source.bucket, source.key, record.etag, record.attempts, error_class, error,
-                 int(terminal), correlation_id, now_us),
+                (
+                    source.bucket,
+                    source.key,
+                    record.etag,
+                    record.attempts,
+                    error_class,
+                    error,
+                    int(terminal),
+                    correlation_id,
+                    now_us,
+                ),
             )
             return record
 
@@ -346,9 +392,13 @@ class SqliteLedger:
             after = (last["updated_at"], last["bucket"], last["key"])
 
     def failures(self, bucket: str, key: str) -> builtins.list[FailureEvent]:
-        rows = self._db.read().execute(
-            "SELECT * FROM failures WHERE bucket = ? AND key = ? ORDER BY id", (bucket, key)
-        ).fetchall()
+        rows = (
+            self._db.read()
+            .execute(
+                "SELECT * FROM failures WHERE bucket = ? AND key = ? ORDER BY id", (bucket, key)
+            )
+            .fetchall()
+        )
         return [
             FailureEvent(
                 bucket=row["bucket"],
@@ -372,24 +422,35 @@ class SqliteLedger:
             conn.execute(
                 "INSERT INTO receipts (bucket, key, lines, bytes, received_at)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (bucket, key) DO NOTHING",
-                (receipt.bucket, receipt.key, receipt.lines, receipt.bytes,
-                 _to_us(receipt.received_at)),
+                (
+                    receipt.bucket,
+                    receipt.key,
+                    receipt.lines,
+                    receipt.bytes,
+                    _to_us(receipt.received_at),
+                ),
             )
 
     def get_receipt(self, bucket: str, key: str) -> Receipt | None:
-        row = self._db.read().execute(
-            "SELECT * FROM receipts WHERE bucket = ? AND key = ?", (bucket, key)
-        ).fetchone()
+        row = (
+            self._db.read()
+            .execute("SELECT * FROM receipts WHERE bucket = ? AND key = ?", (bucket, key))
+            .fetchone()
+        )
         return None if row is None else _receipt(row)
 
     def receipts(self) -> Iterator[Receipt]:
         after: tuple[str, str] = ("", "")
         while True:
-            rows = self._db.read().execute(
-                "SELECT * FROM receipts WHERE (bucket, key) > (?, ?) ORDER BY bucket, key"
-                " LIMIT ?",
-                (*after, PAGE_SIZE),
-            ).fetchall()
+            rows = (
+                self._db.read()
+                .execute(
+                    "SELECT * FROM receipts WHERE (bucket, key) > (?, ?) ORDER BY bucket, key"
+                    " LIMIT ?",
+                    (*after, PAGE_SIZE),
+                )
+                .fetchall()
+            )
             yield from map(_receipt, rows)
             if len(rows) < PAGE_SIZE:
                 return

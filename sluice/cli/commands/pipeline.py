@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from sluice.cli.app import JsonFlag, app, options, wants_json
@@ -129,7 +130,8 @@ def worker(
             if event.kind in ("completed", "skipped"):
                 progress.advance(task)
             elif event.kind in ("retried", "dead_lettered") and not as_json:
-                err_console.print(f"[yellow]{event.kind}[/] {event.source}: {event.detail}")
+                detail = escape(f"{event.source}: {event.detail}")
+                err_console.print(f"[yellow]{event.kind}[/] {detail}")
 
         stats = run_workers(config, processes, until_idle=until_idle, on_event=on_event)
     if as_json:
@@ -188,7 +190,7 @@ def demo(
         env,
         events=events,
         bad_fraction=bad_fraction,
-        on_step=None if as_json else (lambda s: err_console.print(f"[cyan]>[/] {s}")),
+        on_step=None if as_json else (lambda s: err_console.print(f"[cyan]>[/] {escape(s)}")),
     )
     if as_json:
         print_json(result)
