@@ -77,12 +77,16 @@ def _decompressed_chunks(stream: BinaryIO, uri: str) -> Iterator[bytes]:
         raise TransientError(f"{uri}: read failed: {exc}", source_ref=uri) from exc
 
 
-def _clean(line: bytes, number: int) -> bytes:
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if number == 1 and line.startswith(BOM):
-        line = line[len(BOM) :]
-    return line
+def _line(data: bytes, number: int, size: int) -> RawLine:
+    """A finished line: CR of a CRLF end and (on line 1) a UTF-8 BOM removed."""
+    cut = 0
+    if data[-1:] == b"\r":
+        data = data[:-1]
+        cut = 1
+    if number == 1 and data.startswith(BOM):
+        data = data[len(BOM) :]
+        cut += len(BOM)
+    return RawLine(number, data, size - cut)
 
 
 def iter_lines(stream: BinaryIO, uri: str) -> Iterator[RawLine]:
@@ -92,32 +96,30 @@ def iter_lines(stream: BinaryIO, uri: str) -> Iterator[RawLine]:
         CorruptObject: zero bytes, not gzip, corrupt or truncated gzip (terminal).
         TransientError: the underlying read failed.
     """
+    keep = MAX_LINE_BYTES + 1  # enough to know a line is too long, and to quarantine its start
     number = 0
-    pending = bytearray()
-    overflow = 0  # bytes of the current overlong line beyond what `pending` keeps
+    pending = b""  # the start of a line that continues in the next chunk (at most `keep` bytes)
+    pending_size = 0  # its true size so far
     for chunk in _decompressed_chunks(stream, uri):
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            if end < 0:
-                rest = chunk[start:]
-                room = MAX_LINE_BYTES + 1 - len(pending)
-                pending += rest[: max(room, 0)]
-                overflow += max(len(rest) - max(room, 0), 0)
-                break
-            piece = chunk[start:end]
+        parts = chunk.split(b"\n")
+        if len(parts) == 1:
+            if len(pending) < keep:
+                pending += chunk[: keep - len(pending)]
+            pending_size += len(chunk)
+            continue
+        first = parts[0]
+        if pending_size:
             number += 1
-            if pending or overflow:
-                room = MAX_LINE_BYTES + 1 - len(pending)
-                pending += piece[: max(room, 0)]
-                size = len(pending) + overflow + max(len(piece) - max(room, 0), 0)
-                line, pending, overflow = bytes(pending), bytearray(), 0
-            else:
-                line, size = piece, len(piece)
-            cleaned = _clean(line, number)
-            yield RawLine(number, cleaned, size - (len(line) - len(cleaned)))
-            start = end + 1
-    if pending or overflow:
+            size = pending_size + len(first)
+            yield _line((pending + first[: keep - len(pending)])[:keep], number, size)
+        else:
+            number += 1
+            yield _line(first[:keep], number, len(first))
+        for middle in parts[1:-1]:
+            number += 1
+            yield _line(middle if len(middle) <= keep else middle[:keep], number, len(middle))
+        last = parts[-1]
+        pending, pending_size = last[:keep], len(last)
+    if pending_size:
         number += 1
-        cleaned = _clean(bytes(pending), number)
-        yield RawLine(number, cleaned, len(pending) + overflow - (len(pending) - len(cleaned)))
+        yield _line(pending, number, pending_size)

@@ -189,7 +189,7 @@ def _process_claimed(
                     lines += 1
                     if lines % 4096 == 0:
                         lease.tick()
-                    if not line.truncated and not line.data.strip():
+                    if not line.truncated and (not line.data or line.data.isspace()):
                         blank += 1
                         continue
                     occurred_us = None if line.truncated else fast_check(line.data, arrived_at)
