@@ -1,17 +1,25 @@
 """The ledger contract: every `Ledger` implementation passes these tests.
 
 Written against the interface only. An implementation joins by adding its name to `BACKENDS` and
-a branch to `open_ledger` (which must accept an injected clock, so leases expire without sleeping).
+a branch to `open_ledger` (which must accept an injected clock, so leases expire without sleeping);
+one that needs a server adds a branch to the `spec` fixture. A `LedgerSpec` is picklable, so the
+multi-process race opens the same ledger in each child.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,22 +39,47 @@ from sluice.backends.ledger.base import (
 )
 from sluice.errors import LeaseLost
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", pytest.param("dynamodb", marks=pytest.mark.aws)]
 LEASE = 30.0
 SRC = SourceRef("raw", "raw/json_telemetry/year=2025/month=11/day=24/hour=21/s-1.gz", '"e1"')
 SRC_CHANGED = SourceRef(SRC.bucket, SRC.key, '"e2"')
 
 
-def open_ledger(
-    kind: str, root: Path, clock: Callable[[], datetime] | None = None
-) -> Ledger:
-    if kind == "sqlite":
+@dataclass(frozen=True)
+class LedgerSpec:
+    """Where one test's ledger lives: a directory (sqlite) or a moto table (dynamodb)."""
+
+    kind: str
+    root: Path
+    endpoint_url: str | None = None
+    table: str | None = None
+
+
+def open_ledger(spec: LedgerSpec, clock: Callable[[], datetime] | None = None) -> Ledger:
+    if spec.kind == "sqlite":
         from sluice.backends.ledger.sqlite import SqliteLedger
 
         if clock is None:
-            return SqliteLedger(root / "ledger.db")
-        return SqliteLedger(root / "ledger.db", clock=clock)
-    raise ValueError(f"unknown ledger backend {kind!r}")
+            return SqliteLedger(spec.root / "ledger.db")
+        return SqliteLedger(spec.root / "ledger.db", clock=clock)
+    if spec.kind == "dynamodb":
+        from sluice.backends.ledger.dynamodb import DynamoDbLedger
+
+        assert spec.table is not None and spec.endpoint_url is not None
+        client = _dynamodb_client(spec.endpoint_url)
+        if clock is None:
+            return DynamoDbLedger(client, spec.table)
+        return DynamoDbLedger(client, spec.table, clock=clock)
+    raise ValueError(f"unknown ledger backend {spec.kind!r}")
+
+
+def _dynamodb_client(endpoint_url: str) -> Any:
+    from sluice.backends.aws import AwsClients
+    from sluice.config import EnvConfig
+    from tests.moto_server import REGION
+
+    config = EnvConfig(backend="aws", region=REGION, endpoint_url=endpoint_url)
+    return AwsClients(config).client("dynamodb")
 
 
 class FakeClock:
@@ -72,9 +105,84 @@ def backend(request: pytest.FixtureRequest) -> str:
     return kind
 
 
+@contextlib.contextmanager
+def _dynamodb_table(endpoint: str, root: Path) -> Iterator[LedgerSpec]:
+    """A fresh table (created as setup would) on the moto server at `endpoint`, then dropped."""
+    from sluice.backends.ledger.dynamodb import DynamoDbLedger
+
+    table = f"ledger-{uuid.uuid4().hex[:12]}"
+    client = _dynamodb_client(endpoint)
+    DynamoDbLedger(client, table).create_table()
+    yield LedgerSpec("dynamodb", root, endpoint, table)
+    client.delete_table(TableName=table)
+
+
 @pytest.fixture
-def ledger(backend: str, tmp_path: Path, clock: FakeClock) -> Ledger:
-    return open_ledger(backend, tmp_path, clock)
+def spec(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LedgerSpec]:
+    if backend != "dynamodb":
+        yield LedgerSpec(backend, tmp_path)
+        return
+    with _dynamodb_table(request.getfixturevalue("moto_endpoint"), tmp_path) as spec:
+        yield spec
+
+
+_SERIAL_MOTO = """
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.server import MotoRequestHandler
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
+           threaded=False, request_handler=MotoRequestHandler)
+"""
+
+
+@pytest.fixture(scope="module")
+def serial_moto_endpoint(moto_endpoint: str) -> Iterator[str]:
+    """A moto server that answers one request at a time, for the multi-process race.
+
+    moto's threaded server checks a ConditionExpression and writes the item without a lock
+    (moto 5.2: the server's lock covers only picking the backend), so two concurrent
+    conditional writes can both pass, which DynamoDB never allows. Serving one request at a
+    time gives per-item atomicity back; the racers still interleave request by request.
+    (`moto_endpoint` is requested for the AWS_* variables it sets.)
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERIAL_MOTO, str(port)],
+        env={**os.environ, "MOTO_PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no moto server"
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def race_spec(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LedgerSpec]:
+    if backend != "dynamodb":
+        yield LedgerSpec(backend, tmp_path)
+        return
+    with _dynamodb_table(request.getfixturevalue("serial_moto_endpoint"), tmp_path) as spec:
+        yield spec
+
+
+@pytest.fixture
+def ledger(spec: LedgerSpec, clock: FakeClock) -> Ledger:
+    return open_ledger(spec, clock)
 
 
 def out(key: str, rows: int = 10, table: str = "telemetry_lock_flat") -> Output:
@@ -458,14 +566,15 @@ def test_hostile_inputs_round_trip(ledger: Ledger, key: str) -> None:
     assert ledger.get_receipt("raw", decoy.key) is None
 
 
-ROUNDS = 20
+# Fewer rounds on dynamodb: its race runs on a moto server that answers one request at a time.
+ROUNDS = {"sqlite": 20, "dynamodb": 10}
 RACERS = 4
 
 
-def _race(kind: str, root: str, owner: str, barrier: Any, results: Any) -> None:
-    ledger = open_ledger(kind, Path(root))
+def _race(spec: LedgerSpec, owner: str, barrier: Any, results: Any) -> None:
+    ledger = open_ledger(spec)
     shared = SourceRef("raw", "race/shared.gz", "e")
-    for n in range(ROUNDS):
+    for n in range(ROUNDS[spec.kind]):
         barrier.wait(timeout=60)
         fresh = ledger.claim(SourceRef("raw", f"race/{n}.gz", "e"), owner, 60)
         again = ledger.claim(shared, owner, 60, force=True)
@@ -475,14 +584,15 @@ def _race(kind: str, root: str, owner: str, barrier: Any, results: Any) -> None:
         results.put((n, fresh.outcome.value, again.outcome.value))
 
 
-def test_concurrent_claims_have_one_winner(backend: str, tmp_path: Path) -> None:
-    open_ledger(backend, tmp_path)  # create the schema once, before the race
+def test_concurrent_claims_have_one_winner(race_spec: LedgerSpec) -> None:
+    spec = race_spec
+    open_ledger(spec)  # create the schema once, before the race
+    rounds = ROUNDS[spec.kind]
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(RACERS)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_race, args=(backend, str(tmp_path), f"w{i}", barrier, results))
-        for i in range(RACERS)
+        ctx.Process(target=_race, args=(spec, f"w{i}", barrier, results)) for i in range(RACERS)
     ]
     for proc in procs:
         proc.start()
@@ -490,7 +600,7 @@ def test_concurrent_claims_have_one_winner(backend: str, tmp_path: Path) -> None
     deadline = time.monotonic() + 60
     finished = False
     try:
-        while len(got) < ROUNDS * RACERS:
+        while len(got) < rounds * RACERS:
             crashed = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
             assert not crashed and time.monotonic() < deadline, (crashed, len(got))
             with contextlib.suppress(queue.Empty):
@@ -503,13 +613,13 @@ def test_concurrent_claims_have_one_winner(backend: str, tmp_path: Path) -> None
                 proc.kill()
                 proc.join()
     assert [proc.exitcode for proc in procs] == [0] * RACERS
-    for n in range(ROUNDS):
+    for n in range(rounds):
         fresh = sorted(f for r, f, _ in got if r == n)
         again = sorted(a for r, _, a in got if r == n)
         expected = ["busy"] * (RACERS - 1) + ["claimed"]
         assert fresh == expected, (n, fresh)
         assert again == expected, (n, again)
-    ledger = open_ledger(backend, tmp_path)
+    ledger = open_ledger(spec)
     shared = ledger.get("raw", "race/shared.gz")
-    assert shared is not None and shared.attempts == ROUNDS
+    assert shared is not None and shared.attempts == rounds
     assert shared.status is FileStatus.COMPLETED

@@ -261,8 +261,8 @@ def table_definition(table: str) -> Item:
         "GlobalSecondaryIndexes": [
             {
                 "IndexName": name,
-                "KeySchema": _key_schema(h, r),
                 "Projection": {"ProjectionType": "ALL"},
+                "KeySchema": _key_schema(h, r),
             }
             for name, h, r in indexes
         ],
