@@ -97,5 +97,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-# Command modules register themselves on `app`; imported last because they import `app`.
-from sluice.cli.commands import pipeline  # noqa: E402, F401
+def _register_commands() -> None:
+    """Import every module of sluice.cli.commands: each registers its commands on `app`.
+
+    Done last, because those modules import `app` from here."""
+    import importlib
+    import pkgutil
+
+    import sluice.cli.commands as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+_register_commands()

@@ -7,12 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sluice.cli.app import app, main
-
-COMMANDS = ["demo", "generate", "ingest", "worker", "query", "setup"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -27,16 +26,28 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )
 
 
+def leaf_commands() -> list[list[str]]:
+    """Every runnable command path, e.g. ["query"], ["catalog", "repair"]."""
+    import typer.main
+
+    def walk(command: Any, path: list[str]) -> list[list[str]]:
+        children = getattr(command, "commands", None)
+        if not children:
+            return [path]
+        return [p for name, child in sorted(children.items()) for p in walk(child, [*path, name])]
+
+    return walk(typer.main.get_command(app), [])
+
+
 def test_every_command_has_help_and_json() -> None:
-    main_help = run("--help")
-    assert main_help.returncode == 0
-    for name in COMMANDS:
-        assert name in main_help.stdout
-        result = run(name, "--help")
+    commands = leaf_commands()
+    assert {"demo", "generate", "ingest", "worker", "query", "setup"} <= {c[0] for c in commands}
+    for path in commands:
+        result = run(*path, "--help")
         assert result.returncode == 0, result.stderr
-        assert "--json" in result.stdout, f"{name} has no --json"
-    registered = {c.name or c.callback.__name__ for c in app.registered_commands}  # type: ignore[union-attr]
-    assert registered == set(COMMANDS)
+        assert "--json" in result.stdout, f"{' '.join(path)} has no --json"
+        text = result.stdout.split("Options")[0]
+        assert len(text.strip().splitlines()) >= 3, f"{' '.join(path)} has no description"
 
 
 def test_generate_ingest_worker_query_as_json(tmp_path: Path) -> None:
