@@ -126,6 +126,21 @@ def _pieces(stream: BinaryIO) -> Iterator[bytes]:
         yield piece
 
 
+def check_inputs(paths: Iterable[str | Path]) -> list[str]:
+    """The inputs, once each is known to be a readable file (or `-`).
+
+    Raises:
+        ConfigError: no inputs, or one is missing or not a file.
+    """
+    inputs = [str(p) for p in paths]
+    if not inputs:
+        raise ConfigError("no input files", hint="sluice ingest FILE… (or - for standard input)")
+    for name in inputs:
+        if name != "-" and not Path(name).is_file():
+            raise ConfigError(f"input {name} does not exist or is not a file")
+    return inputs
+
+
 def ingest_files(
     env: Env,
     paths: Iterable[str | Path],
@@ -139,12 +154,7 @@ def ingest_files(
     Raises:
         ConfigError: an input is missing or not a file (checked before anything is written).
     """
-    inputs = [str(p) for p in paths]
-    if not inputs:
-        raise ConfigError("no input files", hint="sluice ingest FILE… (or - for standard input)")
-    for name in inputs:
-        if name != "-" and not Path(name).is_file():
-            raise ConfigError(f"input {name} does not exist or is not a file")
+    inputs = check_inputs(paths)
     writer = RawObjectWriter(env, stream=stream, max_bytes=max_object_bytes, on_object=on_object)
     for name in inputs:
         if name == "-":

@@ -81,11 +81,12 @@ def ingest(
     json_output: JsonFlag = False,
 ) -> None:
     """Send NDJSON events through the ingest path (raw objects + queue messages), without HTTP."""
-    from sluice.ingest.buffer import ingest_files
+    from sluice.ingest.buffer import check_inputs, ingest_files
 
     as_json = wants_json(ctx, json_output)
     if max_object_mb is not None and max_object_mb <= 0:
         raise ConfigError("--max-object-mb must be positive")
+    check_inputs(files)  # before the environment is opened: a typo creates nothing
     env = options(ctx).open()
     max_bytes = int(max_object_mb * 1024 * 1024) if max_object_mb else None
     with _spinner(as_json) as progress:
