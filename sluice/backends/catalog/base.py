@@ -81,3 +81,14 @@ class Catalog(Protocol):
     def list_partitions(self, table: str) -> Iterator[Partition]:
         """Registered partitions, in order."""
         ...
+
+
+def require_table(catalog: Catalog, name: str, where: str = "the catalog") -> TableDef:
+    """The named table, or a ConfigError that lists the tables there are."""
+    table = catalog.get_table(name)
+    if table is None:
+        known = ", ".join(t.name for t in catalog.list_tables()) or "none"
+        raise ConfigError(
+            f"no table {name!r} in {where}", hint=f"known tables: {known}", table=name
+        )
+    return table

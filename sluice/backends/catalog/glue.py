@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sluice.backends.catalog.base import Partition, TableDef, check_segment
+from sluice.backends.catalog.base import Partition, TableDef, check_segment, require_table
 from sluice.errors import BackendBusy, ConfigError, SluiceError, TerminalError
 
 CREATE_BATCH = 100  # BatchCreatePartition's limit per request
@@ -260,15 +260,7 @@ class GlueCatalog:
         return None
 
     def _require(self, name: str) -> TableDef:
-        table = self.get_table(name)
-        if table is None:
-            known = ", ".join(t.name for t in self.list_tables()) or "none"
-            raise ConfigError(
-                f"no table {name!r} in the catalog (Glue database {self.database})",
-                hint=f"known tables: {known}",
-                table=name,
-            )
-        return table
+        return require_table(self, name, f"the catalog (Glue database {self.database})")
 
     @contextmanager
     def _errors(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sluice.backends.catalog.base import Partition, TableDef, check_segment
+from sluice.backends.catalog.base import Partition, TableDef, check_segment, require_table
 from sluice.backends.sqlite import SqliteDb
 from sluice.errors import ConfigError
 
@@ -144,15 +144,7 @@ class SqliteCatalog:
             after = rows[-1]["vals"]
 
     def _require(self, name: str) -> TableDef:
-        table = self.get_table(name)
-        if table is None:
-            known = ", ".join(t.name for t in self.list_tables()) or "none"
-            raise ConfigError(
-                f"no table {name!r} in the catalog",
-                hint=f"known tables: {known}",
-                table=name,
-            )
-        return table
+        return require_table(self, name)
 
     @staticmethod
     def _rows(table: TableDef, partitions: Sequence[Partition]) -> list[tuple[str, str]]:
