@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sluice.process.parse import _PAYLOAD_FIELDS
+from sluice.process.parse import _PAYLOAD_FIELDS, FastLine
 from sluice.process.schemas import ARROW_TYPES, ASSERTION_FIELDS, PARSER_VERSION, SPECS, TIMESTAMP
 
 HOUR_US = 3_600_000_000
@@ -96,13 +96,15 @@ class FastBatch:
     numbers: list[int] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
     occurred_us: list[int] = field(default_factory=list)
-    size: int = 0
+    envelope_extras: list[str | None] = field(default_factory=list)
+    payload_extras: list[str | None] = field(default_factory=list)
 
-    def add(self, number: int, line: bytes, occurred_us: int) -> None:
+    def add(self, number: int, line: bytes, fast: FastLine) -> None:
         self.numbers.append(number)
         self.lines.append(line)
-        self.occurred_us.append(occurred_us)
-        self.size += len(line) + 1
+        self.occurred_us.append(fast.occurred_us)
+        self.envelope_extras.append(fast.envelope_extra)
+        self.payload_extras.append(fast.payload_extra)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -169,11 +171,11 @@ def partitions(
     columns: dict[str, pa.Array] = {
         **{f"envelope__{k}": pc.take(v, event_of_row) for k, v in env_cols.items()},
         "envelope__occurred_at": pc.take(occurred_us, event_of_row).cast(TIMESTAMP),
-        "envelope__extra": nulls,
+        "envelope__extra": pc.take(pa.array(batch.envelope_extras, pa.string()), event_of_row),
         **{f"payload__{k}": pc.take(v, event_of_row) for k, v in pay_cols.items()},
         **{f"payload__assertion__{k}": v for k, v in asr_cols.items()},
         "payload__assertion__extra": nulls,
-        "payload__extra": nulls,
+        "payload__extra": pc.take(pa.array(batch.payload_extras, pa.string()), event_of_row),
         "envelope__received_at": pa.repeat(pa.scalar(received_at, TIMESTAMP), n),
         "envelope__source_ref": pa.repeat(pa.scalar(source_ref, pa.string()), n),
         "envelope__line": pc.take(pa.array(batch.numbers, pa.int64()), event_of_row),

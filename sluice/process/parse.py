@@ -32,6 +32,7 @@ _decode = msgspec.json.Decoder().decode
 _encode_json = msgspec.json.Encoder(order="sorted").encode
 
 REQUIRED_STRINGS = ("event_id", "type", "event_kind", "device_id")
+_PAYLOAD_KNOWN = {t: frozenset((*spec.payload_fields, "assertions")) for t, spec in SPECS.items()}
 ENVELOPE_KNOWN = frozenset((*REQUIRED_STRINGS, "occurred_at", "schema_version", "batch_id"))
 TOP_LEVEL_KNOWN = frozenset(("envelope", "payload"))
 
@@ -139,6 +140,21 @@ def check_occurred_at(value: Any, arrived_at: datetime) -> datetime:
     return occurred_at
 
 
+def _extras(
+    obj: dict[str, Any], env: dict[str, Any], payload: dict[str, Any], type_: str
+) -> tuple[str | None, str | None]:
+    """The fields the schema does not know, as JSON: (envelope__extra, payload__extra)."""
+    known = _PAYLOAD_KNOWN[type_]
+    extra_payload = {k: v for k, v in payload.items() if k not in known}
+    top_extra = {k: v for k, v in obj.items() if k not in TOP_LEVEL_KNOWN}
+    if top_extra:
+        # Top-level keys other than envelope/payload are kept with the payload's extras, under
+        # a prefix that cannot clash with a payload field name.
+        extra_payload.update({f"$.{k}": v for k, v in top_extra.items()})
+    payload_extra = _encode_json(extra_payload).decode() if extra_payload else None
+    return _extra(env, ENVELOPE_KNOWN), payload_extra
+
+
 def decode_line(line: bytes) -> Any:
     """JSON value of one line (BOM and CR already stripped)."""
     if len(line) > MAX_LINE_BYTES:
@@ -192,16 +208,7 @@ def parse_event(obj: Any, arrived_at: datetime) -> Event:
         raise LineRejected("wrong_type", f"payload: expected object, got {_type_name(payload)}")
     fields = spec.payload_fields
     values = tuple(_check(payload.get(n), k, f"payload.{n}") for n, k in fields.items())
-    known = fields.keys() | {"assertions"}
-    extra_payload = {k: v for k, v in payload.items() if k not in known}
-
-    envelope_extra = _extra(env, ENVELOPE_KNOWN)
-    top_extra = {k: v for k, v in obj.items() if k not in TOP_LEVEL_KNOWN}
-    if top_extra:
-        # Top-level keys other than envelope/payload are kept with the payload's extras, under
-        # a prefix that cannot clash with a payload field name.
-        extra_payload.update({f"$.{k}": v for k, v in top_extra.items()})
-    payload_extra = _encode_json(extra_payload).decode() if extra_payload else None
+    envelope_extra, payload_extra = _extras(obj, env, payload, type_)
     return Event(
         type=type_,
         event_id=env["event_id"],
@@ -268,30 +275,42 @@ _FastAssertion = msgspec.defstruct(
     [(n, _MSGSPEC_TYPES[k] | None, None) for n, k in ASSERTION_FIELDS.items()],
     forbid_unknown_fields=True,
 )
-_FastPayload = msgspec.defstruct(
-    "_FastPayload",
-    [
-        (n, _MSGSPEC_TYPES[k] | None | msgspec.UnsetType, msgspec.UNSET)
-        for n, k in _PAYLOAD_FIELDS.items()
-    ]
-    + [("assertions", list[_FastAssertion] | None | msgspec.UnsetType, msgspec.UNSET)],  # type: ignore[valid-type]
-    forbid_unknown_fields=True,
-)
 
 
-class _FastEnvelope(msgspec.Struct, forbid_unknown_fields=True):
-    event_id: _NonEmpty
-    type: Literal["lock", "bridge", "video_doorbell"]
-    event_kind: _NonEmpty
-    device_id: _NonEmpty
-    occurred_at: str
-    schema_version: Annotated[int, msgspec.Meta(ge=INT64_RANGE[0], le=INT64_RANGE[1])]
-    batch_id: str | None = None
+def _event_struct(name: str, *, forbid: bool) -> Any:
+    """The event as msgspec structs; `forbid` refuses unknown fields in the envelope, payload and
+    at the top. Assertions always refuse them: their extras go through `parse_event`."""
+    payload = msgspec.defstruct(
+        f"{name}Payload",
+        [
+            (n, _MSGSPEC_TYPES[k] | None | msgspec.UnsetType, msgspec.UNSET)
+            for n, k in _PAYLOAD_FIELDS.items()
+        ]
+        + [("assertions", list[_FastAssertion] | None | msgspec.UnsetType, msgspec.UNSET)],  # type: ignore[valid-type]
+        forbid_unknown_fields=forbid,
+    )
+    envelope = msgspec.defstruct(
+        f"{name}Envelope",
+        [
+            ("event_id", _NonEmpty),
+            ("type", Literal["lock", "bridge", "video_doorbell"]),
+            ("event_kind", _NonEmpty),
+            ("device_id", _NonEmpty),
+            ("occurred_at", str),
+            ("schema_version", Annotated[int, msgspec.Meta(ge=INT64_RANGE[0], le=INT64_RANGE[1])]),
+            ("batch_id", str | None, None),
+        ],
+        forbid_unknown_fields=forbid,
+    )
+    return msgspec.defstruct(
+        name,
+        [("envelope", envelope), ("payload", payload | None, None)],
+        forbid_unknown_fields=forbid,
+    )
 
 
-class _FastEvent(msgspec.Struct, forbid_unknown_fields=True):
-    envelope: _FastEnvelope
-    payload: _FastPayload | None = None  # type: ignore[valid-type]
+_FastEvent = _event_struct("_FastEvent", forbid=True)
+_LenientEvent = _event_struct("_LenientEvent", forbid=False)
 
 
 # parse_line builds assertion tuples in this order, and the envelope type is spelled out above.
@@ -299,6 +318,7 @@ assert tuple(ASSERTION_FIELDS) == ("component_name", "passed", "code", "measured
 assert set(SPECS) == {"lock", "bridge", "video_doorbell"}
 
 _fast_decode = msgspec.json.Decoder(_FastEvent).decode
+_lenient_decode = msgspec.json.Decoder(_LenientEvent).decode
 # Per type: its payload fields in column order, and the other types' fields (unknown to it).
 _OWN = {t: tuple(spec.payload_fields) for t, spec in SPECS.items()}
 _FOREIGN = {t: tuple(n for n in _PAYLOAD_FIELDS if n not in _OWN[t]) for t in SPECS}
@@ -319,6 +339,11 @@ def _values_of(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 _FOREIGN_VALUES = {t: _values_of(names) for t, names in _FOREIGN.items()}
 
 
+def _has_foreign(type_: str, payload: Any) -> bool:
+    values = _FOREIGN_VALUES[type_](payload)
+    return values.count(_UNSET) != len(values)
+
+
 def _fast_struct(line: bytes) -> Any:
     """The line as checked structs, or None when `parse_event` must decide it."""
     if len(line) > MAX_LINE_BYTES:
@@ -329,26 +354,49 @@ def _fast_struct(line: bytes) -> Any:
         return None
     payload = raw.payload
     # A field of another type is unknown to this one: it goes to extras, on the slow path.
-    if payload is not None:
-        values = _FOREIGN_VALUES[raw.envelope.type](payload)
-        if values.count(_UNSET) != len(values):
-            return None
+    if payload is not None and _has_foreign(raw.envelope.type, payload):
+        return None
     return raw
 
 
-def fast_check(line: bytes, arrived_at: datetime) -> int | None:
-    """`occurred_at` in microseconds since the epoch if the line is a well-formed event with
-    no unknown fields (it can go to the columnar path), else None (use `parse_line`)."""
-    raw = _fast_struct(line)
-    if raw is None:
+@dataclass(frozen=True, slots=True)
+class FastLine:
+    """A line the columnar path can take: its time, and its unknown fields as JSON."""
+
+    occurred_us: int
+    envelope_extra: str | None = None
+    payload_extra: str | None = None
+
+
+def fast_check(line: bytes, arrived_at: datetime) -> FastLine | None:
+    """The line's columnar-path facts if it is a valid event whose assertions hold only known
+    fields, else None (then `parse_line` decides it)."""
+    if len(line) > MAX_LINE_BYTES:
         return None
+    envelope_extra = payload_extra = None
+    try:
+        raw = _fast_decode(line)
+        payload = raw.payload
+        foreign = payload is not None and _has_foreign(raw.envelope.type, payload)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        # Valid but for unknown fields? The lenient structs check everything else in C.
+        try:
+            raw = _lenient_decode(line)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        foreign = True
     try:
         occurred_at = check_occurred_at(raw.envelope.occurred_at, arrived_at)
     except LineRejected:
         return None
+    if foreign:
+        obj = _decode(line)
+        envelope_extra, payload_extra = _extras(
+            obj, obj["envelope"], obj.get("payload") or {}, raw.envelope.type
+        )
     # Exact: a double holds microseconds since 1970 to well under half a microsecond until
     # the 22nd century, and occurred_at is at most a day after arrival.
-    return round(occurred_at.timestamp() * 1_000_000)
+    return FastLine(round(occurred_at.timestamp() * 1_000_000), envelope_extra, payload_extra)
 
 
 def parse_line(line: bytes, arrived_at: datetime) -> Event:

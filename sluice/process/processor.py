@@ -192,10 +192,10 @@ def _process_claimed(
                     if not line.truncated and (not line.data or line.data.isspace()):
                         blank += 1
                         continue
-                    occurred_us = None if line.truncated else fast_check(line.data, arrived_at)
-                    if occurred_us is not None:
+                    fast = None if line.truncated else fast_check(line.data, arrived_at)
+                    if fast is not None:
                         good += 1
-                        batch.add(line.number, line.data, occurred_us)
+                        batch.add(line.number, line.data, fast)
                         if len(batch) >= FAST_BATCH_LINES:
                             rows += _write_fast(batch, writer, scratch, source_ref, arrived_at)
                             batch = FastBatch()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluice.process.outputs import event_rows
-from sluice.process.parse import LineRejected, decode_line, parse_event, parse_timestamp
+from sluice.process.parse import Event, LineRejected, decode_line, parse_event, parse_timestamp
 from sluice.process.schemas import ASSERTION_FIELDS, SPECS
 
 ARRIVED = datetime(2025, 11, 25, 0, 0, tzinfo=UTC)
@@ -318,3 +318,15 @@ def test_fast_path_agrees_with_parse_event(
     fast = outcome(lambda b: parse_line(b, ARRIVED), raw)
     slow = outcome(lambda b: parse_event(decode_line(b), ARRIVED), raw)
     assert fast == slow
+    # The columnar path's check: it takes only lines parse_event accepts, with the same facts.
+    from sluice.process.parse import fast_check
+
+    checked = fast_check(raw, ARRIVED)
+    if checked is not None:
+        assert isinstance(slow, Event)
+        assert checked.occurred_us == round(slow.occurred_at.timestamp() * 1_000_000)
+        assert (checked.envelope_extra, checked.payload_extra) == (
+            slow.envelope_extra,
+            slow.payload_extra,
+        )
+        assert all(a[-1] is None for a in slow.assertions)
