@@ -1,13 +1,7 @@
 """The ledger and file registry on DynamoDB (the AWS backend), through the low-level client.
 
-One table, one partition per raw object (``pk = "file#s3://bucket/key"``), several item kinds
-under it (``sk``)::
-
-    sk = "file"                             the record: status, etag, attempts, owner, token,
-                                            lease, outputs, pending outputs, counts, version
-    sk = "redrive#<sha256 of the id>"       a redrive id completed for this object
-    sk = "failure#<at>#<attempt>#<token>"   one failed attempt (sorts oldest first)
-    sk = "receipt"                          what ingest wrote into the object
+One table, one partition per raw object, several items under it: the record, its redrive
+markers, failure events and receipt (their layout is in `dynamodb_items`).
 
 Every write to the record increments ``version``. A claim reads the record, decides exactly as
 the SQLite ledger does, then writes only over the state it decided on (``attribute_not_exists``
@@ -22,12 +16,11 @@ Differs from the interface in what it adds and in honest limits:
 - ``list`` and ``receipts`` read global secondary indexes, which are eventually consistent: a
   write shows up there a moment later (``get`` and ``failures`` read consistently). Records
   updated in the same microsecond come back in no particular order.
-- Outputs and pending outputs live in the record, as zlib-compressed JSON (an output compresses
-  to a few bytes: tens of thousands fit). Items of their own would make ``complete`` a
-  multi-item transaction, capped at 100 items; instead outputs that do not fit the 400 KB item
-  limit fail ``complete`` (or ``record_pending_outputs``) with a `TerminalError` that says so.
-- An error text is kept up to `MAX_ERROR_CHARS` (then cut, with a marker), so that recording a
-  failure never fails on the item limit itself.
+- Outputs and pending outputs live in the record (tens of thousands fit); outputs that do not
+  fit the 400 KB item limit fail ``complete`` (or ``record_pending_outputs``) with a
+  `TerminalError` that says so.
+- An error text is kept up to `dynamodb_items.MAX_ERROR_CHARS` (then cut, with a marker), so
+  that recording a failure never fails on the item limit itself.
 """
 
 from __future__ import annotations
@@ -35,19 +28,14 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import hashlib
 import heapq
 import itertools
-import re
 import secrets
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import msgspec
-from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
-from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sluice.backends.ledger.base import (
     Claim,
@@ -61,212 +49,51 @@ from sluice.backends.ledger.base import (
     Receipt,
     SourceRef,
 )
-from sluice.errors import BackendBusy, ConfigError, LeaseLost, SluiceError, TerminalError
+from sluice.backends.ledger.dynamodb_items import (
+    RECEIPT_INDEX,
+    RECEIPT_SK,
+    RECORD_SK,
+    STATUS_INDEX,
+    Item,
+    Plain,
+    Refused,
+    build,
+    call,
+    check_size,
+    claim_update,
+    cut_error,
+    expressions,
+    failure_event,
+    file_record,
+    item_key,
+    pack,
+    partition_key,
+    plain,
+    receipt_item,
+    redrive_marker,
+    redrive_sk,
+    table_definition,
+    to_us,
+    unpack,
+)
+from sluice.errors import BackendBusy, LeaseLost
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+__all__ = ["DynamoDbLedger", "table_definition"]
 
+# Read by name at call time, so tests can shrink pages (the contract suite patches it here).
 PAGE_SIZE = 500
-STATUS_INDEX = "by_status"  # status (hash) + updated_at (range): list by status and age
-RECEIPT_INDEX = "receipts"  # receipt_index (hash, only on receipts) + received_at (range)
-# Room for outputs and pending outputs once keys, errors and counts take their share of the
-# 400 KB item limit.
-MAX_BLOB_BYTES = 300_000
-MAX_ERROR_CHARS = 8_000  # at most 32 KB of UTF-8, on the record and on its failure event
 # How often a claim (or a pending-outputs merge) re-reads and retries after losing its
 # conditional write before it reports BackendBusy.
 _TRIES = 5
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_TIMES = frozenset(
-    {"at", "created_at", "updated_at", "completed_at", "lease_expires_at", "received_at", "done_at"}
-)
 _PROCESSING = FileStatus.PROCESSING.value
-_RECORD_SK = "file"
-_RECEIPT_SK = "receipt"
-_TRANSIENT_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "TransactionConflictException",
-        "TransactionInProgressException",
-    }
-)
-_TRANSIENT_REASONS = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
 # A write by the claim's holder goes through only while the claim is still held. An expired
 # lease that nobody took over is still held: the token, not the clock, decides.
 _HELD = "#token = :token AND #status = :processing"
 
-Item = dict[str, Any]
-Plain = str | int | bool | bytes
-T = TypeVar("T", bound="DataclassInstance")
-
-
-class _Refused(Exception):
-    """A write refused for the state it found (a condition that did not hold, a table that
-    already exists); callers always catch it, it never leaves the module."""
-
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _to_us(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def _at(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def _pk(bucket: str, key: str) -> str:
-    # A bucket name holds no "/", so the URI names exactly one (bucket, key).
-    return f"file#s3://{bucket}/{key}"
-
-
-def _key(bucket: str, key: str, sk: str) -> Item:
-    return {"pk": {"S": _pk(bucket, key)}, "sk": {"S": sk}}
-
-
-def _redrive_sk(redrive_id: str) -> str:
-    # Hashed: an id may be any string (the contract tests use 1.5 KB ones), a sort key holds
-    # at most 1 KB. The id itself is kept on the marker for people reading the table.
-    return "redrive#" + hashlib.sha256(redrive_id.encode()).hexdigest()
-
-
-def _av(value: Plain) -> Item:
-    """A plain value as a DynamoDB attribute value."""
-    if isinstance(value, bool):  # before int: a bool is an int
-        return {"BOOL": value}
-    if isinstance(value, int):
-        return {"N": str(value)}
-    return {"B": value} if isinstance(value, bytes) else {"S": value}
-
-
-def _item(bucket: str, key: str, sk: str, /, **values: Plain | None) -> Item:
-    """An item under the object's partition, which names it too; None values are left out."""
-    values = {"bucket": bucket, "key": key, **values}
-    return {**_key(bucket, key, sk), **{k: _av(v) for k, v in values.items() if v is not None}}
-
-
-def _plain(item: Item) -> dict[str, Any]:
-    """An item's attribute values as plain ones (the inverse of `_av`; times as datetimes)."""
-    out: dict[str, Any] = {}
-    for name, value in item.items():
-        ((kind, raw),) = value.items()
-        if kind == "N":
-            raw = _at(int(raw)) if name in _TIMES else int(raw)
-        out[name] = raw
-    return out
-
-
-def _build(cls: type[T], plain: Mapping[str, Any], **decoded: Any) -> T:
-    """A dataclass from attributes named as its fields (an absent one is None)."""
-    fields = (f.name for f in dataclasses.fields(cls))
-    return cls(**{name: decoded.get(name, plain.get(name)) for name in fields})
-
-
-def _blob(values: tuple[Any, ...]) -> bytes:
-    return zlib.compress(msgspec.json.encode(values))
-
-
-def _unblob(blob: bytes | None, kind: Any) -> Any:
-    return () if blob is None else msgspec.json.decode(zlib.decompress(blob), type=kind)
-
-
-def _record(item: Item) -> FileRecord:
-    p = _plain(item)
-    counts = p.get("counts")
-    return _build(
-        FileRecord,
-        p,
-        status=FileStatus(p["status"]),
-        outputs=_unblob(p.get("outputs"), tuple[Output, ...]),
-        pending_outputs=_unblob(p.get("pending_outputs"), tuple[str, ...]),
-        counts=None if counts is None else msgspec.json.decode(counts, type=Counts),
-    )
-
-
-def _check_size(source: SourceRef, *blobs: bytes) -> None:
-    size = sum(map(len, blobs))
-    if size > MAX_BLOB_BYTES:
-        raise TerminalError(
-            f"the outputs of {source.uri} take {size} bytes compressed, over the"
-            f" {MAX_BLOB_BYTES} bytes a DynamoDB ledger record can hold",
-            source_ref=source.uri,
-            hint="split the raw object into smaller ones, or use the embedded ledger",
-        )
-
-
-def _expr(
-    values: Mapping[str, Plain], update: str = "", condition: str = "", *, key: str = ""
-) -> Item:
-    """Request arguments for expressions that write every attribute name as ``#name`` and
-    every value as ``:name`` (`values` by name). Names are collected from the expressions:
-    DynamoDB rejects unused ones, and ``status``, ``key``, ``token`` are reserved words."""
-    args: Item = {}
-    for arg, text in (
-        ("UpdateExpression", update),
-        ("ConditionExpression", condition),
-        ("KeyConditionExpression", key),
-    ):
-        if text:
-            args[arg] = text
-    names = sorted(set(re.findall(r"#(\w+)", f"{update} {condition} {key}")))
-    if names:
-        args["ExpressionAttributeNames"] = {f"#{name}": name for name in names}
-    if values:
-        args["ExpressionAttributeValues"] = {f":{name}": _av(v) for name, v in values.items()}
-    return args
-
-
-def _key_schema(hash_key: str, range_key: str) -> list[Item]:
-    return [
-        {"AttributeName": hash_key, "KeyType": "HASH"},
-        {"AttributeName": range_key, "KeyType": "RANGE"},
-    ]
-
-
-def table_definition(table: str) -> Item:
-    """The table as CreateTable arguments (also the CloudFormation properties): on-demand
-    billing, the key schema above and the two indexes `list` and `receipts` query."""
-    types = {
-        "pk": "S",
-        "sk": "S",
-        "status": "S",
-        "updated_at": "N",
-        "receipt_index": "S",
-        "received_at": "N",
-    }
-    indexes = [
-        (STATUS_INDEX, "status", "updated_at"),
-        (RECEIPT_INDEX, "receipt_index", "received_at"),
-    ]
-    return {
-        "TableName": table,
-        "BillingMode": "PAY_PER_REQUEST",
-        "AttributeDefinitions": [
-            {"AttributeName": n, "AttributeType": t} for n, t in types.items()
-        ],
-        "KeySchema": _key_schema("pk", "sk"),
-        # All records of one status share an index key: DynamoDB splits it for heat by the sort
-        # key, and each status change stands for a whole raw object, so the index stays far
-        # below what one key can take.
-        "GlobalSecondaryIndexes": [
-            {
-                "IndexName": name,
-                "Projection": {"ProjectionType": "ALL"},
-                "KeySchema": _key_schema(h, r),
-            }
-            for name, h, r in indexes
-        ],
-    }
 
 
 class DynamoDbLedger:
@@ -287,7 +114,7 @@ class DynamoDbLedger:
         try:
             answer = self._call("create_table", **table_definition(self.table))
             active = answer["TableDescription"].get("TableStatus") == "ACTIVE"
-        except _Refused:
+        except Refused:
             active = False  # it exists already (perhaps still being created)
         if not active:
             self._client.get_waiter("table_exists").wait(TableName=self.table)
@@ -308,8 +135,8 @@ class DynamoDbLedger:
         token = secrets.token_hex(16)
         for _ in range(_TRIES):
             item, redrive_done = self._read_for_claim(source, redrive_id)
-            current = None if item is None else _record(item)
-            if item is not None and _plain(item).get("token") == token:
+            current = None if item is None else file_record(item)
+            if item is not None and plain(item).get("token") == token:
                 # Our own write, applied by a request whose answer was lost and then retried.
                 return self._claimed(source, owner, token, lease, item)
             if redrive_done:
@@ -324,38 +151,23 @@ class DynamoDbLedger:
                     return ClaimResult(ClaimOutcome.ALREADY_COMPLETED, record=current)
             # A changed object is a new input: its attempts count from one. Its old outputs
             # stay on the record until complete() replaces them.
-            values: dict[str, Plain] = {
-                "bucket": source.bucket,
-                "key": source.key,
-                "etag": source.etag,
-                "status": _PROCESSING,
-                "owner": owner,
-                "token": token,
-                "lease_expires_at": _to_us(lease),
-                "updated_at": _to_us(now),
-                "attempts": current.attempts + 1 if current is not None and same else 1,
-            }
-            update = "SET " + ", ".join(f"#{name} = :{name}" for name in values)
-            update += (
-                ", #created_at = if_not_exists(#created_at, :updated_at)"
-                ", #terminal = if_not_exists(#terminal, :false)"
-                ", #version = if_not_exists(#version, :zero) + :one"
-            )
+            attempts = current.attempts + 1 if current is not None and same else 1
+            values, update = claim_update(source, owner, token, to_us(lease), to_us(now), attempts)
             # Write only over the state decided on: create the record if it is still absent,
             # else update it if nobody wrote since our read. Of concurrent claims, one wins.
             condition = "attribute_not_exists(#pk)"
             if item is not None:
                 condition = "#version = :read"
-                values["read"] = _plain(item)["version"]
+                values["read"] = plain(item)["version"]
             try:
                 answer = self._call(
                     "update_item",
                     TableName=self.table,
-                    Key=_key(source.bucket, source.key, _RECORD_SK),
+                    Key=item_key(source.bucket, source.key, RECORD_SK),
                     ReturnValues="ALL_NEW",
-                    **_expr({**values, "false": False, "zero": 0, "one": 1}, update, condition),
+                    **expressions(values, update, condition),
                 )
-            except _Refused:
+            except Refused:
                 continue  # someone wrote since our read: decide again on their write
             return self._claimed(source, owner, token, lease, answer["Attributes"])
         raise BackendBusy("claim kept losing races; retry", source_ref=source.uri)
@@ -363,28 +175,28 @@ class DynamoDbLedger:
     def extend(self, claim: Claim, lease_seconds: float) -> Claim:
         now = self._clock()
         lease = now + timedelta(seconds=lease_seconds)
-        self._write_held(claim, _to_us(now), {"lease_expires_at": _to_us(lease)})
+        self._write_held(claim, to_us(now), {"lease_expires_at": to_us(lease)})
         return dataclasses.replace(claim, lease_expires_at=lease)
 
     def record_pending_outputs(self, claim: Claim, keys: Sequence[str]) -> None:
         source = claim.source
         for _ in range(_TRIES):
-            item = self._get_item(source.bucket, source.key, _RECORD_SK)
-            p = {} if item is None else _plain(item)
+            item = self._get_item(source.bucket, source.key, RECORD_SK)
+            p = {} if item is None else plain(item)
             if p.get("token") != claim.token or p.get("status") != _PROCESSING:
                 raise self._lost(claim)
             # A union (first appearance kept), so several calls during one run, and runs that
             # died, all stay remembered.
             old = p.get("pending_outputs")
-            blob = _blob(tuple(dict.fromkeys((*_unblob(old, tuple[str, ...]), *keys))))
-            _check_size(source, blob, p.get("outputs", b""))
+            blob = pack(tuple(dict.fromkeys((*unpack(old, tuple[str, ...]), *keys))))
+            check_size(source, blob, p.get("outputs", b""))
             # Read-modify-write, only while the pending keys are still the ones merged into:
             # not the version, which the heartbeat's extend() bumps every few seconds.
             guard: tuple[str, dict[str, Plain]] = ("attribute_not_exists(#pending_outputs)", {})
             if old is not None:
                 guard = ("#pending_outputs = :old", {"old": old})
             try:
-                now_us = _to_us(self._clock())
+                now_us = to_us(self._clock())
                 self._write_held(claim, now_us, {"pending_outputs": blob}, guard=guard)
             except LeaseLost:
                 continue  # re-read: lost for good, or another merge came first
@@ -400,9 +212,9 @@ class DynamoDbLedger:
         redrive_id: str | None = None,
     ) -> FileRecord:
         source = claim.source
-        blob = _blob(tuple(outputs))
-        _check_size(source, blob)
-        now_us = _to_us(self._clock())
+        blob = pack(tuple(outputs))
+        check_size(source, blob)
+        now_us = to_us(self._clock())
         sets: dict[str, Plain] = {
             "status": FileStatus.COMPLETED.value,
             "outputs": blob,
@@ -412,17 +224,11 @@ class DynamoDbLedger:
         }
         cleared = ("pending_outputs", "last_error", "error_class", "token", "lease_expires_at")
         if redrive_id is None:
-            return _record(self._write_held(claim, now_us, sets, remove=cleared))
+            return file_record(self._write_held(claim, now_us, sets, remove=cleared))
         # Completing and marking the redrive done are one transaction: a redelivery of the
         # redrive finds both or neither. The marker is a plain Put (no condition), since the
         # same id may be completed again after a claim made without it.
-        marker = _item(
-            source.bucket,
-            source.key,
-            _redrive_sk(redrive_id),
-            redrive_id=redrive_id,
-            done_at=now_us,
-        )
+        marker = redrive_marker(source, redrive_id, now_us)
         return self._held_transaction(
             claim, self._held_update(claim, now_us, sets, remove=cleared), marker
         )
@@ -436,11 +242,8 @@ class DynamoDbLedger:
         terminal: bool,
         correlation_id: str | None = None,
     ) -> FileRecord:
-        source = claim.source
-        now_us = _to_us(self._clock())
-        if len(error) > MAX_ERROR_CHARS:
-            cut = len(error) - MAX_ERROR_CHARS
-            error = f"{error[:MAX_ERROR_CHARS]}... [{cut} more characters cut]"
+        now_us = to_us(self._clock())
+        error = cut_error(error)
         sets: dict[str, Plain] = {
             "status": FileStatus.FAILED.value,
             "last_error": error,
@@ -448,27 +251,12 @@ class DynamoDbLedger:
             "terminal": terminal,
         }
         update = self._held_update(claim, now_us, sets, remove=("token", "lease_expires_at"))
-        # While the claim is held the record's ETag and attempts are the claim's. The token in
-        # the sort key keeps two failures in the same microsecond (a changed ETag restarts
-        # attempts at 1) from overwriting each other.
-        sk = f"failure#{now_us:020d}#{claim.attempt:010d}#{claim.token}"
-        event = _item(
-            source.bucket,
-            source.key,
-            sk,
-            etag=source.etag,
-            attempt=claim.attempt,
-            error_class=error_class,
-            error=error,
-            terminal=terminal,
-            correlation_id=correlation_id,
-            at=now_us,
-        )
+        event = failure_event(claim, now_us, error, error_class, terminal, correlation_id)
         return self._held_transaction(claim, update, event)
 
     def reset(self, bucket: str, key: str) -> FileRecord | None:
         values: dict[str, Plain] = {"pending": FileStatus.PENDING.value, "one": 1}
-        values["now"] = _to_us(self._clock())
+        values["now"] = to_us(self._clock())
         update = (
             "SET #status = :pending, #updated_at = :now, #version = #version + :one"
             " REMOVE #owner, #token, #lease_expires_at"
@@ -478,19 +266,19 @@ class DynamoDbLedger:
             answer = self._call(
                 "update_item",
                 TableName=self.table,
-                Key=_key(bucket, key, _RECORD_SK),
+                Key=item_key(bucket, key, RECORD_SK),
                 ReturnValues="ALL_NEW",
-                **_expr(values, update, "attribute_exists(#pk)"),
+                **expressions(values, update, "attribute_exists(#pk)"),
             )
-        except _Refused:
+        except Refused:
             return None
-        return _record(answer["Attributes"])
+        return file_record(answer["Attributes"])
 
     # Reads -------------------------------------------------------------------------------
 
     def get(self, bucket: str, key: str) -> FileRecord | None:
-        item = self._get_item(bucket, key, _RECORD_SK)
-        return None if item is None else _record(item)
+        item = self._get_item(bucket, key, RECORD_SK)
+        return None if item is None else file_record(item)
 
     def list(
         self,
@@ -508,36 +296,28 @@ class DynamoDbLedger:
         yield from itertools.islice(merged, limit)
 
     def failures(self, bucket: str, key: str) -> builtins.list[FailureEvent]:
-        values = {"pk": _pk(bucket, key), "failure": "failure#"}
+        values = {"pk": partition_key(bucket, key), "failure": "failure#"}
         condition = "#pk = :pk AND begins_with(#sk, :failure)"
-        items = self._query(ConsistentRead=True, **_expr(values, key=condition))
-        return [_build(FailureEvent, _plain(item)) for item in items]
+        items = self._query(ConsistentRead=True, **expressions(values, key=condition))
+        return [build(FailureEvent, plain(item)) for item in items]
 
     # Receipts ----------------------------------------------------------------------------
 
     def record_receipt(self, receipt: Receipt) -> None:
-        item = _item(
-            receipt.bucket,
-            receipt.key,
-            _RECEIPT_SK,
-            receipt_index=_RECEIPT_SK,
-            lines=receipt.lines,
-            bytes=receipt.bytes,
-            received_at=_to_us(receipt.received_at),
-        )
+        item = receipt_item(receipt)
         # The first receipt of an object wins; a replayed one changes nothing.
-        with contextlib.suppress(_Refused):
-            condition = _expr({}, condition="attribute_not_exists(#pk)")
+        with contextlib.suppress(Refused):
+            condition = expressions({}, condition="attribute_not_exists(#pk)")
             self._call("put_item", TableName=self.table, Item=item, **condition)
 
     def get_receipt(self, bucket: str, key: str) -> Receipt | None:
-        item = self._get_item(bucket, key, _RECEIPT_SK)
-        return None if item is None else _build(Receipt, _plain(item))
+        item = self._get_item(bucket, key, RECEIPT_SK)
+        return None if item is None else build(Receipt, plain(item))
 
     def receipts(self) -> Iterator[Receipt]:
-        condition = _expr({"r": _RECEIPT_SK}, key="#receipt_index = :r")
+        condition = expressions({"r": RECEIPT_SK}, key="#receipt_index = :r")
         items = self._query(IndexName=RECEIPT_INDEX, Limit=PAGE_SIZE, **condition)
-        yield from (_build(Receipt, _plain(item)) for item in items)
+        yield from (build(Receipt, plain(item)) for item in items)
 
     # Helpers -----------------------------------------------------------------------------
 
@@ -547,11 +327,13 @@ class DynamoDbLedger:
         values: dict[str, Plain] = {"status": status.value}
         condition = "#status = :status"
         if before is not None:
-            values["before"] = _to_us(before)
+            values["before"] = to_us(before)
             condition += " AND #updated_at < :before"
         size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit)
-        items = self._query(IndexName=STATUS_INDEX, Limit=size, **_expr(values, key=condition))
-        yield from map(_record, items)
+        items = self._query(
+            IndexName=STATUS_INDEX, Limit=size, **expressions(values, key=condition)
+        )
+        yield from map(file_record, items)
 
     def _query(self, **args: Any) -> Iterator[Item]:
         """Every item a Query matches, a page at a time (lazily)."""
@@ -571,22 +353,22 @@ class DynamoDbLedger:
         could cancel): a marker is only written together with a new version of the record, so
         one written after the first read makes the claim's `version = :read` write fail and the
         claim decide again; one written before it is seen by the second read."""
-        record = self._get_item(source.bucket, source.key, _RECORD_SK)
+        record = self._get_item(source.bucket, source.key, RECORD_SK)
         if redrive_id is None:
             return record, False
-        marker = self._get_item(source.bucket, source.key, _redrive_sk(redrive_id))
+        marker = self._get_item(source.bucket, source.key, redrive_sk(redrive_id))
         return record, marker is not None
 
     @staticmethod
     def _claimed(
         source: SourceRef, owner: str, token: str, lease: datetime, item: Item
     ) -> ClaimResult:
-        record = _record(item)
+        record = file_record(item)
         claim = Claim(source, owner, token, attempt=record.attempts, lease_expires_at=lease)
         return ClaimResult(ClaimOutcome.CLAIMED, claim=claim, record=record)
 
     def _get_item(self, bucket: str, key: str, sk: str) -> Item | None:
-        args = {"TableName": self.table, "Key": _key(bucket, key, sk), "ConsistentRead": True}
+        args = {"TableName": self.table, "Key": item_key(bucket, key, sk), "ConsistentRead": True}
         item: Item | None = self._call("get_item", **args).get("Item")
         return item
 
@@ -611,8 +393,8 @@ class DynamoDbLedger:
         if guard is not None:
             condition += f" AND {guard[0]}"
             values.update(guard[1])
-        key = _key(claim.source.bucket, claim.source.key, _RECORD_SK)
-        return {"TableName": self.table, "Key": key, **_expr(values, update, condition)}
+        key = item_key(claim.source.bucket, claim.source.key, RECORD_SK)
+        return {"TableName": self.table, "Key": key, **expressions(values, update, condition)}
 
     def _write_held(
         self,
@@ -647,51 +429,11 @@ class DynamoDbLedger:
         # (or failed) and moves on, so that false alarm costs one redelivery.
         try:
             return self._call(operation, **args)
-        except _Refused:
+        except Refused:
             raise self._lost(claim) from None
 
     def _call(self, operation: str, **args: Any) -> Item:
-        """One DynamoDB request, with its errors translated (the one place that does it)."""
-        try:
-            answer: Item = getattr(self._client, operation)(**args)
-        except ClientError as exc:
-            raise self._translate(exc, operation) from exc
-        except (BotoConnectionError, HTTPClientError) as exc:
-            raise BackendBusy(
-                f"DynamoDB {operation} did not answer: {exc}",
-                table=self.table,
-                hint="check the network and the endpoint; retry",
-            ) from exc
-        except NoCredentialsError as exc:
-            raise ConfigError(
-                "no AWS credentials for DynamoDB",
-                table=self.table,
-                hint="set a profile in sluice.toml, or AWS_PROFILE",
-            ) from exc
-        return answer
-
-    def _translate(self, exc: Any, operation: str) -> Exception:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        message = f"DynamoDB {operation} on {self.table!r}: {code}: {error.get('Message', '')}"
-        reasons = {str(r.get("Code")) for r in exc.response.get("CancellationReasons", [])}
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        if code == "ConditionalCheckFailedException" or "ConditionalCheckFailed" in reasons:
-            return _Refused(message)
-        if code == "ResourceInUseException" and operation == "create_table":
-            return _Refused(message)
-        context = {"table": self.table, "code": code}
-        # botocore has already retried these with backoff (standard mode, see aws.py).
-        if code in _TRANSIENT_CODES or reasons & _TRANSIENT_REASONS or status >= 500:
-            hint = "DynamoDB is throttling or busy; retry with backoff"
-            return BackendBusy(message, hint=hint, **context)
-        if code == "ResourceNotFoundException":
-            hint = f"create the ledger table {self.table!r} (DynamoDbLedger.create_table)"
-            return ConfigError(message, hint=hint + " or check region and endpoint", **context)
-        # Anything else (a malformed request, an item over 400 KB, access denied) fails the
-        # same way when repeated.
-        error_class: type[SluiceError] = ConfigError if "AccessDenied" in code else TerminalError
-        return error_class(message, **context)
+        return call(self._client, self.table, operation, **args)
 
     @staticmethod
     def _lost(claim: Claim) -> LeaseLost:
