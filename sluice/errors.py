@@ -81,6 +81,10 @@ class QueueNotFound(TerminalError):
     """The named queue does not exist."""
 
 
+class ProtectedEnvironment(TerminalError):
+    """Destructive work asked of a protected environment without `--yes` (attribute: plan)."""
+
+
 # Transient errors ------------------------------------------------------------------------
 
 

@@ -469,6 +469,45 @@ def test_reset(ledger: Ledger, clock: FakeClock) -> None:
     assert reset_failed is not None and reset_failed.status is FileStatus.PENDING
 
 
+def test_forget_deletes_only_completed_records_old_enough(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # A completed record with a long history (failed attempts, a done redrive) and a receipt.
+    for attempt in range(27):
+        ledger.fail(claimed(ledger), "boom", "E", terminal=False, correlation_id=f"c{attempt}")
+    ledger.complete(claimed(ledger, force=True, redrive_id="r1"), OUTS, COUNTS, redrive_id="r1")
+    receipt = Receipt(SRC.bucket, SRC.key, lines=14, bytes=99, received_at=clock.now)
+    ledger.record_receipt(receipt)
+    completed_at = clock.now
+    others = [SourceRef("raw", name, "e") for name in ("failed.gz", "held.gz", "pending.gz")]
+    ledger.fail(claimed(ledger, others[0]), "boom", "E", terminal=True)
+    claimed(ledger, others[1])  # its lease runs out below: stuck, still not forgotten
+    ledger.reset("raw", claimed(ledger, others[2]).source.key)
+    clock.advance(LEASE * 2)
+
+    assert not ledger.forget(SRC.bucket, SRC.key, updated_before=completed_at), "not before"
+    assert not ledger.forget("raw", "unknown.gz")
+    for source in others:
+        assert not ledger.forget(source.bucket, source.key, updated_before=clock.now)
+        assert ledger.get(source.bucket, source.key) is not None
+    assert ledger.get(SRC.bucket, SRC.key) is not None and ledger.failures(SRC.bucket, SRC.key)
+
+    assert ledger.forget(SRC.bucket, SRC.key, updated_before=clock.now)
+    assert ledger.get(SRC.bucket, SRC.key) is None
+    assert ledger.failures(SRC.bucket, SRC.key) == []
+    assert ledger.get_receipt(SRC.bucket, SRC.key) == receipt, "what ingest wrote stays"
+    assert sorted(r.key for r in ledger.list()) == [s.key for s in others]
+    assert not ledger.forget(SRC.bucket, SRC.key), "a second forget finds nothing"
+
+    # Forgotten, the object is a new input: attempts restart, its old redrive id is not done.
+    again = ledger.claim(SRC, "w2", LEASE, redrive_id="r1")
+    assert again.outcome is ClaimOutcome.CLAIMED and again.claim is not None
+    assert again.claim.attempt == 1
+    assert not ledger.forget(SRC.bucket, SRC.key), "processing: kept"
+    ledger.complete(again.claim, OUTS, COUNTS)
+    assert ledger.forget(SRC.bucket, SRC.key), "no age given: any completed record"
+
+
 def test_list_by_status_age_and_limit(
     ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -231,6 +231,19 @@ class Ledger(Protocol):
         gets `LeaseLost` on its next verb. None if unknown."""
         ...
 
+    def forget(self, bucket: str, key: str, *, updated_before: datetime | None = None) -> bool:
+        """Delete a completed object's record with its failure history and done redrive ids,
+        only while it is completed and (given `updated_before`) was last updated strictly
+        before that time: the check and the delete of the record are one conditional write, so
+        a record claimed again meanwhile stays. Its receipt stays (what ingest wrote is still
+        true, and count checks read it). True if the record was deleted; False if unknown,
+        not completed, or updated since.
+
+        A forgotten object is unknown to the ledger: a message about it processes it as a new
+        input. Forget only records older than any message about them can be (`sluice ledger
+        cleanup` holds that rule)."""
+        ...
+
     def get(self, bucket: str, key: str) -> FileRecord | None: ...
 
     def list(

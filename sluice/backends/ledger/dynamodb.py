@@ -31,6 +31,7 @@ import dataclasses
 import heapq
 import itertools
 import secrets
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -274,6 +275,33 @@ class DynamoDbLedger:
             return None
         return file_record(answer["Attributes"])
 
+    def forget(self, bucket: str, key: str, *, updated_before: datetime | None = None) -> bool:
+        record = self.get(bucket, key)
+        if record is None or record.status is not FileStatus.COMPLETED:
+            return False
+        if updated_before is not None and record.updated_at >= updated_before:
+            return False
+        # The history first, the record last and conditionally: a crash in between leaves a
+        # record the next cleanup finds, never history without its record. A history has no
+        # bound, so it cannot share the record's transaction (at most 100 items); only items
+        # as old as the record read go, so a claim made since keeps its own.
+        self._delete_items(self._history(bucket, key, upto=record.updated_at))
+        values: dict[str, Plain] = {"completed": FileStatus.COMPLETED.value}
+        condition = "#status = :completed"
+        if updated_before is not None:
+            values["before"] = to_us(updated_before)
+            condition += " AND #updated_at < :before"
+        try:
+            self._call(
+                "delete_item",
+                TableName=self.table,
+                Key=item_key(bucket, key, RECORD_SK),
+                **expressions(values, condition=condition),
+            )
+        except Refused:
+            return False  # claimed again since the read: it stays
+        return True
+
     # Reads -------------------------------------------------------------------------------
 
     def get(self, bucket: str, key: str) -> FileRecord | None:
@@ -334,6 +362,33 @@ class DynamoDbLedger:
             IndexName=STATUS_INDEX, Limit=size, **expressions(values, key=condition)
         )
         yield from map(file_record, items)
+
+    def _history(self, bucket: str, key: str, *, upto: datetime) -> builtins.list[Item]:
+        """Keys of the object's failure events and redrive markers written at or before
+        `upto` (not its record or receipt)."""
+        args = expressions({"pk": partition_key(bucket, key)}, key="#pk = :pk")
+        keys = []
+        for item in self._query(ConsistentRead=True, **args):
+            p = plain(item)
+            at = p.get("at", p.get("done_at"))
+            if p["sk"] not in (RECORD_SK, RECEIPT_SK) and at is not None and at <= upto:
+                keys.append(item_key(bucket, key, p["sk"]))
+        return keys
+
+    def _delete_items(self, keys: Sequence[Item]) -> None:
+        """Delete items by key, 25 to a BatchWriteItem (its limit), retrying what it leaves
+        unprocessed (throttled) with backoff. Raises: BackendBusy."""
+        for start in range(0, len(keys), 25):
+            requests = [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
+            pending: Item = {self.table: requests}
+            for attempt in range(_TRIES):
+                answer = self._call("batch_write_item", RequestItems=pending)
+                pending = answer.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                time.sleep(0.05 * 2**attempt)
+            else:
+                raise BackendBusy("deletes kept being throttled; retry", table=self.table)
 
     def _query(self, **args: Any) -> Iterator[Item]:
         """Every item a Query matches, a page at a time (lazily)."""
@@ -420,7 +475,8 @@ class DynamoDbLedger:
             claim, "transact_write_items", TransactItems=[{"Update": update}, {"Put": put}]
         )
         record = self.get(claim.source.bucket, claim.source.key)
-        assert record is not None, "records are never deleted"
+        if record is None:  # forgotten between the write and this read: nothing to hand back
+            raise self._lost(claim)
         return record
 
     def _held_call(self, claim: Claim, operation: str, **args: Any) -> Item:

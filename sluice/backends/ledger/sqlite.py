@@ -347,6 +347,22 @@ class SqliteLedger:
             )
             return self._get(conn, bucket, key)
 
+    def forget(self, bucket: str, key: str, *, updated_before: datetime | None = None) -> bool:
+        before_us = None if updated_before is None else _to_us(updated_before)
+        with self._db.write() as conn:
+            # Delete only while still completed and old enough (DynamoDB: a conditional
+            # DeleteItem); the history goes in the same transaction, only with the record.
+            cur = conn.execute(
+                "DELETE FROM files WHERE bucket = ? AND key = ? AND status = ?"
+                " AND (? IS NULL OR updated_at < ?)",
+                (bucket, key, FileStatus.COMPLETED.value, before_us, before_us),
+            )
+            if cur.rowcount != 1:
+                return False
+            for table in ("failures", "redrives"):
+                conn.execute(f"DELETE FROM {table} WHERE bucket = ? AND key = ?", (bucket, key))
+            return True
+
     # Reads -------------------------------------------------------------------------------
 
     def get(self, bucket: str, key: str) -> FileRecord | None:
