@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from sluice.backends.catalog.base import Catalog
+from sluice.backends.lake.base import Lake
 from sluice.backends.ledger.base import Ledger
 from sluice.backends.query.base import QueryEngine
 from sluice.backends.queue.base import Queue, QueueFactory, QueueSettings, RedrivePolicy
@@ -57,6 +58,25 @@ class Env:
         from sluice.backends.query.duckdb import DuckDBQueryEngine
 
         return DuckDBQueryEngine(self.catalog, self.store)
+
+    @cached_property
+    def lake(self) -> Lake:
+        """The Iceberg lake tables: a SQL catalog on SQLite embedded, the Glue catalog on AWS."""
+        if self.config.backend == "aws":
+            from sluice.backends.lake.glue import GlueLake
+
+            aws = self._aws()
+            return GlueLake(
+                aws.client("glue"),
+                database=self.config.glue_database,
+                bucket=self.config.buckets.lake,
+                region=aws.session.region_name,
+                endpoint_url=self.config.endpoint_url,
+                credentials=aws.credentials(),
+            )
+        from sluice.backends.lake.local import LocalLake
+
+        return LocalLake(self.config.data_dir, self.config.buckets.lake)
 
     def _aws(self) -> AwsClients:
         from sluice.backends.aws import AwsClients

@@ -1,0 +1,1 @@
+"""Lake tables (Iceberg): `base.Lake`, embedded on SQLite (`local`), on AWS in Glue (`glue`)."""
