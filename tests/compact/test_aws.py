@@ -23,11 +23,11 @@ from tests.e2e.conftest import NOW
 pytestmark = pytest.mark.aws
 
 
-def verified_keys(env: Env) -> dict[tuple[str, str], list[tuple[str, int]]]:
+def verified_keys(env: Env, type_: str) -> dict[tuple[str, str], list[tuple[str, int]]]:
     """(type, day) → (event_id, ordinal) of every verified row, read from S3 with pyarrow."""
     fs, root = env.store.arrow_filesystem()
     out: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
-    for obj in env.store.list(env.config.buckets.verified, "telemetry_flat/"):
+    for obj in env.store.list(env.config.buckets.verified, f"telemetry_flat/type={type_}/"):
         parsed = parse_verified_key(obj.key)
         assert parsed is not None
         table = pq.read_table(
@@ -46,9 +46,9 @@ def test_compaction_on_glue_and_s3(aws_env: Env, tmp_path: Path) -> None:
     )
     ingest_files(aws_env, [source], max_object_bytes=64 * 1024)
     assert run_worker(aws_env, until_idle=True).dead_lettered == 0
-    verified = verified_keys(aws_env)
-
-    run = compact(aws_env, changed=True)
+    # One type keeps the test short on the moto server; the embedded tests cover them all.
+    verified = verified_keys(aws_env, "lock")
+    run = compact(aws_env, changed=True, types=["lock"])
     assert {(c.type, c.day) for c in run.compacted} == set(verified)
     assert {r.status for r in run.rollups} == {RollupStatus.BUILT}
     fs, root = aws_env.store.arrow_filesystem()
@@ -70,9 +70,8 @@ def test_compaction_on_glue_and_s3(aws_env: Env, tmp_path: Path) -> None:
             )
             read.update(zip(*rows.to_pydict().values(), strict=True))
         assert read == Counter(set(keys))
-    for type_ in ("lock", "bridge", "video_doorbell"):
-        total = sum(c.rows for c in run.compacted if c.type == type_)
-        assert total == generated.distinct_events[table_name(type_)]
+    total = sum(c.rows for c in run.compacted)
+    assert total == generated.distinct_events[table_name("lock")]
 
     # The lake's tables are Iceberg tables in the environment's Glue database, beside the
     # verified tables, which the sluice catalog still lists alone.
@@ -84,14 +83,12 @@ def test_compaction_on_glue_and_s3(aws_env: Env, tmp_path: Path) -> None:
         )
         for t in page["TableList"]
     }
-    for type_ in ("lock", "bridge", "video_doorbell"):
-        assert found[compacted_table(type_)] == "ICEBERG"
-        assert found[rollup_table(type_)] == "ICEBERG"
+    assert found[compacted_table("lock")] == found[rollup_table("lock")] == "ICEBERG"
     assert {t.name for t in aws_env.catalog.list_tables()} == {
         table_name(t) for t in ("lock", "bridge", "video_doorbell")
     }
 
-    assert plan_changed(aws_env) == []
+    assert plan_changed(aws_env, ["lock"]) == []
     (type_, day) = sorted(verified)[0]
     before = aws_env.lake.snapshots(compacted_table(type_))
     again = compact(aws_env, day=day, types=[type_], rollups=False)
