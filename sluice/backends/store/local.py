@@ -65,6 +65,7 @@ class LocalObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self._etags: dict[_Version, str] = {}
+        self._buckets: dict[str, Path] = {}
         self._lock = threading.Lock()
 
     # -- paths -------------------------------------------------------------------------------
@@ -78,10 +79,18 @@ class LocalObjectStore:
         validate_key(bucket, key)
         bucket_dir = self.root / bucket
         path = bucket_dir / key
-        if not path.resolve().is_relative_to(bucket_dir.resolve()):
+        if not path.resolve().is_relative_to(self._resolved_bucket(bucket)):
             reason = "the key resolves outside its bucket (through a symlink)"
             raise invalid_key(bucket, key, reason)
         return path
+
+    def _resolved_bucket(self, bucket: str) -> Path:
+        # Resolved once: resolving walks every directory of the path (a syscall each), and a
+        # bucket later swapped for a symlink elsewhere only makes the check stricter.
+        resolved = self._buckets.get(bucket)
+        if resolved is None:
+            resolved = self._buckets[bucket] = (self.root / bucket).resolve()
+        return resolved
 
     # -- ETags -------------------------------------------------------------------------------
 
