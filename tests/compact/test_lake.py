@@ -4,6 +4,7 @@ Glue + S3 (a moto server)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -149,3 +150,27 @@ def test_bad_inputs_are_refused(lake_env: Env) -> None:
     with pytest.raises(ConfigError, match="required column id"):
         lake.replace_day("t", "2025-11-24", [pa.record_batch({"name": ["a"]})])
     assert lake.snapshots("t") == [] and data_keys(lake_env) == set()
+
+
+def test_first_tables_created_from_many_threads_at_once(tmp_path: Path) -> None:
+    import threading
+
+    import pyarrow as pa
+
+    from sluice.backends.lake.local import LocalLake
+
+    schema = pa.schema([("day", pa.string()), ("n", pa.int64())])
+    errors: list[BaseException] = []
+
+    def create(i: int) -> None:
+        try:
+            LocalLake(tmp_path, "lake").ensure_table(f"t{i % 2}", schema)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -22,10 +22,8 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     CommitStateUnknownException,
-    NamespaceAlreadyExistsError,
     NoSuchNamespaceError,
     NoSuchTableError,
-    TableAlreadyExistsError,
     ValidationException,
 )
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo
@@ -250,9 +248,22 @@ class IcebergLake:
         try:
             self.catalog.load_namespace_properties(self.namespace)
         except NoSuchNamespaceError:
-            with suppress(NamespaceAlreadyExistsError):
+            try:
                 self.catalog.create_namespace(self.namespace)
+            except Exception:
+                # A concurrent creator won: pyiceberg's SQL catalog reports that race as the
+                # database's integrity error, not NamespaceAlreadyExistsError. It is fine
+                # exactly when the namespace now exists.
+                if not self._namespace_exists():
+                    raise
         self._namespace_ready = True
+
+    def _namespace_exists(self) -> bool:
+        try:
+            self.catalog.load_namespace_properties(self.namespace)
+        except NoSuchNamespaceError:
+            return False
+        return True
 
     def _create(self, name: str, schema: pa.Schema) -> None:
         try:
@@ -265,8 +276,11 @@ class IcebergLake:
             with txn.update_spec() as spec:
                 spec.add_identity(DAY)
             txn.commit_transaction()
-        except TableAlreadyExistsError:
-            pass  # a concurrent creator won; its table is the same
+        except Exception:
+            # A concurrent creator won (reported as TableAlreadyExistsError, or on the SQL
+            # catalog as a failed commit): its table is the same. Anything else is re-raised.
+            if not self.catalog.table_exists(self._identifier(name)):
+                raise
 
     @contextmanager
     def _errors(self, table: str | None) -> Iterator[None]:

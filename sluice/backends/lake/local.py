@@ -8,6 +8,7 @@ serialise on the database's write lock (waiting up to `BUSY_TIMEOUT_SECONDS`, th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sluice.backends.lake.iceberg import IcebergLake
 from sluice.errors import BackendBusy, ConfigError, SluiceError
@@ -29,13 +30,29 @@ class LocalLake(IcebergLake):
         warehouse = root / "buckets" / bucket / "lake"
         warehouse.mkdir(parents=True, exist_ok=True)
         self.path = root / "lake.sqlite"
-        catalog = SqlCatalog(
+        catalog = _open_catalog(SqlCatalog, self.path, warehouse)
+        super().__init__(catalog, namespace, warehouse.as_uri(), translate=_translate)
+
+
+def _open_catalog(sql_catalog: Any, path: Path, warehouse: Path) -> Any:
+    from sqlalchemy.exc import OperationalError
+
+    def open_once() -> Any:
+        return sql_catalog(
             NAMESPACE,
-            uri=f"sqlite:///{self.path}?timeout={BUSY_TIMEOUT_SECONDS}",
+            uri=f"sqlite:///{path}?timeout={BUSY_TIMEOUT_SECONDS}",
             warehouse=warehouse.as_uri(),
             **{"py-io-impl": PYARROW_IO},
         )
-        super().__init__(catalog, namespace, warehouse.as_uri(), translate=_translate)
+
+    try:
+        return open_once()
+    except OperationalError as exc:
+        # Opening creates the catalog's own tables when missing; two processes doing it at once
+        # make the slower one fail with "already exists". Opening again finds them.
+        if "already exists" not in str(exc):
+            raise
+        return open_once()
 
 
 def _translate(exc: BaseException) -> SluiceError | None:
