@@ -11,7 +11,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sluice.errors import InvalidKey
 
@@ -121,3 +121,39 @@ def parse_verified_key(key: str) -> VerifiedKey | None:
 
 def quarantine_key(source_uri: str, day: str, kind: str = "json_telemetry") -> str:
     return f"{QUARANTINE_PREFIX}{kind}/day={day}/{source_hash(source_uri)}.jsonl.gz"
+
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def check_day(text: str) -> str:
+    """A UTC day written YYYY-MM-DD, a real date (days go into keys and SQL).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    from sluice.errors import ConfigError
+
+    if _DAY.fullmatch(text):
+        try:
+            return date.fromisoformat(text).isoformat()
+        except ValueError:
+            pass
+    raise ConfigError(
+        f"not a day: {text!r} (write days as YYYY-MM-DD)", hint="e.g. 2025-11-24 (UTC)", day=text
+    )
+
+
+def check_type(type_: str) -> str:
+    """A type with a verified table.
+
+    Raises:
+        ConfigError: any other.
+    """
+    from sluice.errors import ConfigError
+
+    if type_ not in TYPES:
+        raise ConfigError(
+            f"unknown type {type_!r}", hint=f"use one of: {', '.join(TYPES)}", type=type_
+        )
+    return type_

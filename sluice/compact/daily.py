@@ -45,8 +45,6 @@ from sluice.backends.lake.base import DAY
 from sluice.compact.state import (
     DayDigest,
     DayState,
-    check_day,
-    check_type,
     compacted_table,
     day_states,
     registry_digests,
@@ -54,7 +52,7 @@ from sluice.compact.state import (
 )
 from sluice.env import Env
 from sluice.errors import ConfigError, TransientError
-from sluice.layout import parse_uri, table_name
+from sluice.layout import check_day, check_type, parse_uri, table_name
 from sluice.process.schemas import SPECS
 
 BATCH_ROWS = 64 * 1024

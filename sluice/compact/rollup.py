@@ -27,14 +27,13 @@ from sluice.backends.lake.base import DAY
 from sluice.compact.daily import BATCH_ROWS, compaction_states, local_duckdb
 from sluice.compact.state import (
     DayState,
-    check_day,
-    check_type,
     compacted_table,
     day_states,
     rollup_table,
     state_property,
 )
 from sluice.env import Env
+from sluice.layout import check_day, check_type
 from sluice.process.schemas import (
     ARROW_TYPES,
     ASSERTION_FIELDS,

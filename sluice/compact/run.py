@@ -17,13 +17,12 @@ from sluice.compact.daily import CompactResult, compact_day, compaction_states
 from sluice.compact.rollup import RollupResult, build_rollup
 from sluice.compact.state import (
     DayDigest,
-    check_day,
-    check_type,
     known_types,
     registry_digests,
 )
 from sluice.env import Env
 from sluice.errors import ConfigError
+from sluice.layout import check_day, check_type
 
 
 class Reason(StrEnum):

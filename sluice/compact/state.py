@@ -22,13 +22,12 @@ import hashlib
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 
 import msgspec
 
 from sluice.backends.lake.base import PROPERTY_PREFIX
 from sluice.backends.ledger.base import Ledger
-from sluice.errors import ConfigError
 from sluice.layout import table_name
 from sluice.process.schemas import SPECS
 
@@ -47,27 +46,6 @@ def rollup_table(type_: str) -> str:
 
 def known_types() -> list[str]:
     return list(SPECS)
-
-
-def check_type(type_: str) -> str:
-    """Raises: ConfigError (not a type with a verified table)."""
-    if type_ not in SPECS:
-        raise ConfigError(
-            f"unknown type {type_!r}", hint=f"use one of: {', '.join(SPECS)}", type=type_
-        )
-    return type_
-
-
-def check_day(text: str) -> str:
-    """A day as `YYYY-MM-DD` (a real date). Raises: ConfigError."""
-    try:
-        if _DAY.match(text):
-            return date.fromisoformat(text).isoformat()
-    except ValueError:
-        pass
-    raise ConfigError(
-        f"not a day: {text!r}", hint="write days as YYYY-MM-DD (UTC), e.g. 2025-11-24", day=text
-    )
 
 
 class DayState(msgspec.Struct, frozen=True, omit_defaults=True):

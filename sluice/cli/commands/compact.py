@@ -14,8 +14,8 @@ from sluice.cli.render import console, err_console, print_json
 from sluice.compact.daily import CompactStatus
 from sluice.compact.rollup import RollupStatus
 from sluice.compact.run import CompactRun
-from sluice.compact.state import check_day, check_type
 from sluice.errors import ConfigError
+from sluice.layout import check_day, check_type
 
 SHOWN = 50  # units listed on screen; --json lists all
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from sluice.backends.catalog.base import Partition, TableDef, require_table
 from sluice.catalog.repair import partition_of, table_root, verified_tables
-from sluice.compact.state import check_day, check_type, known_types
+from sluice.compact.state import known_types
 from sluice.env import Env
 from sluice.errors import ConfigError
-from sluice.layout import arrival_time_from_key, parse_uri
+from sluice.layout import arrival_time_from_key, check_day, check_type, parse_uri
 from sluice.ops.backfill.runs import Kind, Manifest, RunStore, chunk_key, new_run_id
 
 SOURCES = ("verified", "raw")

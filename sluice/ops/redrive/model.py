@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
 from enum import StrEnum
 from typing import Any
 
 from sluice.errors import ConfigError, TerminalError, TransientError
-from sluice.layout import ALL_TYPES
+from sluice.layout import ALL_TYPES, check_day, check_type
 
 DEFAULT_CHUNK_SIZE = 1000  # sources per chunk file: the unit of resume
 DEFAULT_MONITOR_LIMIT = 1000  # --monitor without --max-queue-visible
@@ -80,29 +79,6 @@ class Target:
         if self.mode is Mode.SOURCE_REF_DAY:
             return f"--source-ref-day {self.day} --type {self.type}"
         return f"--{self.mode.value} {self.uri}"
-
-
-def check_day(day: str) -> str:
-    """Raises: ConfigError: not a calendar day written YYYY-MM-DD (it goes into SQL)."""
-    valid = bool(_DAY.fullmatch(day))
-    if valid:
-        try:
-            date.fromisoformat(day)
-        except ValueError:
-            valid = False
-    if not valid:
-        raise ConfigError(
-            f"--source-ref-day must be a day written YYYY-MM-DD, not {day!r}",
-            hint="sluice redrive --source-ref-day 2025-11-24 --type lock",
-        )
-    return day
-
-
-def check_type(type_: str) -> str:
-    """Raises: ConfigError: not a verified table's type."""
-    if type_ not in ALL_TYPES:
-        raise ConfigError(f"unknown type {type_!r}", hint=f"types: {', '.join(ALL_TYPES)}")
-    return type_
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from typing import Any
 
 from sluice.env import Env
 from sluice.errors import ConfigError, SluiceError
+from sluice.layout import check_day
 from sluice.ops.verify.counts import check_counts, compacted_rows
-from sluice.ops.verify.day import Day, check_day, resolve_tables
+from sluice.ops.verify.day import Day, resolve_tables
 from sluice.ops.verify.duplicates import DaySummary, check_duplicates, summary
 from sluice.ops.verify.model import Check, CheckResult, Finding, Verdict, VerifyReport, worst
 from sluice.ops.verify.quality import (

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date
 from functools import cached_property
 from typing import Any
 
@@ -14,29 +13,13 @@ from sluice.backends.catalog.base import TableDef
 from sluice.backends.ledger.base import FileRecord, Output
 from sluice.env import Env
 from sluice.errors import ConfigError
-from sluice.layout import ALL_TYPES, table_name
+from sluice.layout import (
+    ALL_TYPES,
+    check_day,
+    table_name,
+)
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def check_day(day: str) -> str:
-    """The day as YYYY-MM-DD (it goes into SQL, so nothing else passes).
-
-    Raises:
-        ConfigError: not a calendar date written YYYY-MM-DD.
-    """
-    valid = bool(_DAY.fullmatch(day))
-    if valid:
-        try:
-            date.fromisoformat(day)
-        except ValueError:
-            valid = False
-    if not valid:
-        raise ConfigError(
-            f"--date must be a day written YYYY-MM-DD, not {day!r}",
-            hint="sluice verify --date 2025-11-24",
-        )
-    return day
 
 
 def resolve_tables(env: Env, types: list[str] | None) -> list[TableDef]:
