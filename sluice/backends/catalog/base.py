@@ -36,6 +36,25 @@ def check_segment(what: str, value: str) -> None:
         )
 
 
+def check_table_def(table: TableDef) -> None:
+    """Partition keys that are safe path segments, distinct, without '=' and not data columns.
+
+    Raises:
+        ConfigError: the first rule broken.
+    """
+    for key in table.partition_keys:
+        check_segment("partition key", key)
+        if "=" in key:
+            raise ConfigError(f"partition key {key!r} holds '='", table=table.name)
+    clash = set(table.partition_keys) & set(table.schema.names)
+    if clash or len(set(table.partition_keys)) != len(table.partition_keys):
+        raise ConfigError(
+            f"table {table.name!r}: partition keys {table.partition_keys} repeat or are "
+            f"also data columns ({sorted(clash)})",
+            table=table.name,
+        )
+
+
 @dataclass(frozen=True)
 class TableDef:
     name: str

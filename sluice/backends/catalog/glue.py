@@ -25,7 +25,13 @@ from typing import Any
 import pyarrow as pa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sluice.backends.catalog.base import Partition, TableDef, check_segment, require_table
+from sluice.backends.catalog.base import (
+    Partition,
+    TableDef,
+    check_segment,
+    check_table_def,
+    require_table,
+)
 from sluice.errors import BackendBusy, ConfigError, SluiceError, TerminalError
 
 CREATE_BATCH = 100  # BatchCreatePartition's limit per request
@@ -320,17 +326,7 @@ def hive_type(type_: pa.DataType) -> str:
 
 def _check_table(table: TableDef) -> None:
     """The embedded catalog's checks on a table definition, plus Hive-typed columns."""
-    for key in table.partition_keys:
-        check_segment("partition key", key)
-        if "=" in key:
-            raise ConfigError(f"partition key {key!r} holds '='", table=table.name)
-    clash = set(table.partition_keys) & set(table.schema.names)
-    if clash or len(set(table.partition_keys)) != len(table.partition_keys):
-        raise ConfigError(
-            f"table {table.name!r}: partition keys {table.partition_keys} repeat or are "
-            f"also data columns ({sorted(clash)})",
-            table=table.name,
-        )
+    check_table_def(table)
     _columns(table.schema)
 
 

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sluice.backends.catalog.base import Partition, TableDef, check_segment, require_table
+from sluice.backends.catalog.base import (
+    Partition,
+    TableDef,
+    check_segment,
+    check_table_def,
+    require_table,
+)
 from sluice.backends.sqlite import SqliteDb
 from sluice.errors import ConfigError
 
@@ -49,17 +55,7 @@ class SqliteCatalog:
             ConfigError: a partition key is not a safe name or is also a data column, or the
                 table exists with different partition keys.
         """
-        for key in table.partition_keys:
-            check_segment("partition key", key)
-            if "=" in key:
-                raise ConfigError(f"partition key {key!r} holds '='", table=table.name)
-        clash = set(table.partition_keys) & set(table.schema.names)
-        if clash or len(set(table.partition_keys)) != len(table.partition_keys):
-            raise ConfigError(
-                f"table {table.name!r}: partition keys {table.partition_keys} repeat or are "
-                f"also data columns ({sorted(clash)})",
-                table=table.name,
-            )
+        check_table_def(table)
         keys = json.dumps(list(table.partition_keys))
         blob = table.schema.serialize().to_pybytes()
         with self._db.write() as conn:
