@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -190,6 +190,33 @@ def _show(result: LedgerOpResult, as_json: bool, next_step: str) -> None:
         raise typer.Exit(1)
 
 
+def _requeue(
+    ctx: typer.Context,
+    run: Any,
+    older_than: str,
+    dry_run: bool,
+    yes: bool,
+    json_output: bool,
+    unit: str,
+) -> None:
+    """The shared body of the commands that send ledger records back through the queue."""
+    from sluice.ops.queues import parse_duration
+
+    as_json = wants_json(ctx, json_output)
+    age = parse_duration(older_than, what="--older-than")
+    env = options(ctx).open()
+    with _progress(as_json, unit) as on_progress:
+        result = run(
+            env,
+            older_than=age,
+            dry_run=dry_run,
+            yes=yes,
+            command=command_line(ctx),
+            on_progress=on_progress,
+        )
+    _show(result, as_json, "sluice worker --until-idle   (or: sluice queue wait)")
+
+
 @ledger_app.command("reset-stuck")
 def reset_stuck(
     ctx: typer.Context,
@@ -207,21 +234,8 @@ def reset_stuck(
     message; records that came back to life meanwhile are skipped. Safe to repeat.
     """
     from sluice.ops.ledger import reset_stuck as run
-    from sluice.ops.queues import parse_duration
 
-    as_json = wants_json(ctx, json_output)
-    age = parse_duration(older_than, what="--older-than")
-    env = options(ctx).open()
-    with _progress(as_json, "records reset") as on_progress:
-        result = run(
-            env,
-            older_than=age,
-            dry_run=dry_run,
-            yes=yes,
-            command=command_line(ctx),
-            on_progress=on_progress,
-        )
-    _show(result, as_json, "sluice worker --until-idle   (or: sluice queue wait)")
+    _requeue(ctx, run, older_than, dry_run, yes, json_output, "records reset")
 
 
 @ledger_app.command("retry-failed")
@@ -241,21 +255,8 @@ def retry_failed(
     retrying by itself. Messages go in batches of 10.
     """
     from sluice.ops.ledger import retry_failed as run
-    from sluice.ops.queues import parse_duration
 
-    as_json = wants_json(ctx, json_output)
-    age = parse_duration(older_than, what="--older-than")
-    env = options(ctx).open()
-    with _progress(as_json, "messages sent") as on_progress:
-        result = run(
-            env,
-            older_than=age,
-            dry_run=dry_run,
-            yes=yes,
-            command=command_line(ctx),
-            on_progress=on_progress,
-        )
-    _show(result, as_json, "sluice worker --until-idle   (or: sluice queue wait)")
+    _requeue(ctx, run, older_than, dry_run, yes, json_output, "messages sent")
 
 
 @ledger_app.command(
