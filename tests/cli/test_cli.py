@@ -40,13 +40,17 @@ def leaf_commands() -> list[list[str]]:
 
 
 def test_every_command_has_help_and_json() -> None:
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
     commands = leaf_commands()
     assert {"demo", "generate", "ingest", "worker", "query", "setup"} <= {c[0] for c in commands}
+    assert run("--help").returncode == 0  # the installed entry point starts
     for path in commands:
-        result = run(*path, "--help")
-        assert result.returncode == 0, result.stderr
-        assert "--json" in result.stdout, f"{' '.join(path)} has no --json"
-        text = result.stdout.split("Options")[0]
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--json" in result.output, f"{' '.join(path)} has no --json"
+        text = result.output.split("Options")[0]
         assert len(text.strip().splitlines()) >= 3, f"{' '.join(path)} has no description"
 
 
