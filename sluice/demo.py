@@ -1,4 +1,4 @@
-"""`sluice demo`: generate → ingest → worker → query, with a summary of what happened."""
+"""`sluice demo`: generate → ingest → worker → compact → verify → query, with a summary."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from sluice.compact import compact
 from sluice.env import Env
 from sluice.generate import GenerateResult, generate
 from sluice.ingest.buffer import IngestResult, ingest_files
 from sluice.layout import TYPES, parse_uri, table_name
+from sluice.ops.verify import verify
 from sluice.process.worker import WorkerStats, run_worker
 from sluice.query import run_query
 
@@ -31,6 +33,8 @@ class DemoResult:
     generated: GenerateResult
     ingested: IngestResult
     worker: WorkerStats
+    compacted: dict[str, int] = field(default_factory=dict)  # table -> rows after dedup
+    verified_days: dict[str, str] = field(default_factory=dict)  # day -> verify's verdict
     rows_by_table: dict[str, int] = field(default_factory=dict)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     sample_sql: str = SAMPLE_QUERY
@@ -55,6 +59,14 @@ def run_demo(
         ingested = ingest_files(env, [path], max_object_bytes=2 * 1024 * 1024)
     step(f"processing {len(ingested.objects)} raw objects")
     stats = run_worker(env, until_idle=True)
+    step("compacting the changed days into deduplicated Iceberg tables")
+    run = compact(env, changed=True)
+    compacted: dict[str, int] = {}
+    for done in run.compacted:
+        compacted[done.table] = compacted.get(done.table, 0) + done.rows
+    step("verifying every day: duplicates, counts, quality")
+    touched = sorted({unit.day for unit in run.planned})
+    verdicts = {day: verify(env, day).verdict.value for day in touched}
     step("querying")
     reasons: Counter[str] = Counter()
     for uri in ingested.objects:
@@ -71,11 +83,14 @@ def run_demo(
         generated=generated,
         ingested=ingested,
         worker=stats,
+        compacted=compacted,
+        verified_days=verdicts,
         rows_by_table=rows,
         quarantine_reasons=dict(reasons),
         sample=run_query(env, SAMPLE_QUERY),
         matches_generator=(
             stats.rows == sum(generated.rows.values())
             and stats.quarantined_lines == sum(generated.bad_lines.values())
+            and all(v != "FAIL" for v in verdicts.values())
         ),
     )

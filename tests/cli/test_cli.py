@@ -114,3 +114,17 @@ def test_main_entry_point_returns_usage_for_no_args(capsys: pytest.CaptureFixtur
         main([])
     assert info.value.code in (0, 2)
     assert "Usage" in capsys.readouterr().out + capsys.readouterr().err
+
+
+def test_demo_runs_the_whole_pipeline_and_checks_itself(tmp_path: Path) -> None:
+    result = run("--data-dir", str(tmp_path / "data"), "demo", "--events", "1500", "--json")
+    assert result.returncode == 0, result.stderr
+    demo = json.loads(result.stdout)
+    assert demo["matches_generator"] is True
+    assert demo["worker"]["rows"] == sum(demo["generated"]["rows"].values())
+    # A fresh lake: the compacted tables hold exactly the distinct (event_id, ordinal).
+    assert demo["compacted"] == {
+        table.replace("telemetry_", "int_").replace("_flat", "_compacted_daily"): n
+        for table, n in demo["generated"]["distinct_events"].items()
+    }
+    assert demo["verified_days"] and set(demo["verified_days"].values()) == {"PASS"}

@@ -182,7 +182,8 @@ def demo(
     bad_fraction: Annotated[float, typer.Option(help="Fraction of bad lines.")] = 0.02,
     json_output: JsonFlag = False,
 ) -> None:
-    """Generate telemetry, ingest it, process it, query it, and print what happened."""
+    """Generate telemetry, ingest it, process it, compact and verify it, query it, and print
+    what happened."""
     from sluice.demo import run_demo
 
     as_json = wants_json(ctx, json_output)
@@ -214,6 +215,11 @@ def demo(
                     f"{stats.quarantined_lines} (expected {sum(gen.bad_lines.values())})",
                 ),
                 ("files written", stats.files_written),
+                ("compacted rows (deduplicated)", f"{sum(result.compacted.values()):,}"),
+                (
+                    "days verified",
+                    ", ".join(f"{d} {v}" for d, v in result.verified_days.items()) or "none",
+                ),
                 ("matches the generator", "yes" if result.matches_generator else "NO"),
             ],
         )
