@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
 from sluice.cli.app import JsonFlag, app, options, wants_json
+from sluice.cli.progress import progress_bar
 from sluice.cli.render import console, err_console, key_values, print_json
 
 if TYPE_CHECKING:
@@ -28,21 +26,6 @@ ChunkSize = Annotated[int | None, typer.Option("--chunk-size", help="Units per c
 Concurrency = Annotated[
     int, typer.Option("--max-concurrency", help="Chunks at once (lowered while throttled).")
 ]
-
-
-@contextmanager
-def _progress(disabled: bool, what: str) -> Iterator[Progress]:
-    with Progress(
-        SpinnerColumn(),
-        TextColumn(what),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        # Off the terminal a transient bar leaves only blank lines behind.
-        disable=disabled or not err_console.is_terminal,
-        transient=True,
-    ) as progress:
-        yield progress
 
 
 def _show_plan(result: PlanResult, as_json: bool) -> None:
@@ -89,8 +72,8 @@ def plan_partitions(
 
     as_json = wants_json(ctx, json_output)
     env = options(ctx).open()
-    with _progress(as_json, "keys scanned") as progress:
-        task = progress.add_task("scan", total=None)
+    with progress_bar(as_json) as progress:
+        task = progress.add_task("keys scanned", total=None)
         result = plan(
             env,
             table,
@@ -140,8 +123,8 @@ def _execute(
     from sluice.ops.backfill import run_backfill
 
     env = options(ctx).open()
-    with _progress(as_json, "chunks") as progress:
-        task = progress.add_task("run", total=None)
+    with progress_bar(as_json) as progress:
+        task = progress.add_task("chunks", total=None)
 
         def update(done: int, total: int, outcome: ChunkResult) -> None:
             progress.update(task, completed=done, total=total)

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sluice.catalog.repair import OnProgress
 from sluice.cli.app import JsonFlag, app, options, wants_json
+from sluice.cli.progress import progress_bar
 from sluice.cli.render import console, err_console, key_values, print_json
 
 catalog_app = typer.Typer(
@@ -27,15 +27,7 @@ SHOWN = 50
 
 @contextmanager
 def _progress(disabled: bool) -> Iterator[OnProgress]:
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TextColumn("{task.completed:,}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=disabled,
-        transient=True,
-    ) as progress:
+    with progress_bar(disabled) as progress:
         task = progress.add_task("starting", total=None)
 
         def update(what: str, count: int) -> None:

@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sluice.cli.app import JsonFlag, app, options, wants_json
-from sluice.cli.render import console, err_console, print_json
+from sluice.cli.progress import progress_bar
+from sluice.cli.render import console, print_json
 from sluice.compact.daily import CompactStatus
 from sluice.compact.rollup import RollupStatus
 from sluice.compact.run import CompactRun
@@ -71,15 +71,7 @@ def compact_command(
     for type_ in types or []:
         check_type(type_)
     env = options(ctx).open()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=as_json,
-        transient=True,
-    ) as progress:
+    with progress_bar(as_json) as progress:
         task = progress.add_task("planning", total=None)
 
         def on_progress(done: int, total: int, what: str) -> None:

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from sluice.cli.app import JsonFlag, app, options, wants_json
 from sluice.cli.commands.ledger import DryRun, Yes, command_line
+from sluice.cli.progress import progress_bar
 from sluice.cli.render import console, err_console, key_values, print_json
 from sluice.errors import ConfigError
 from sluice.layout import ALL_TYPES
@@ -77,14 +77,7 @@ def delete(
         raise ConfigError("--type and --all-types exclude each other", hint="name one of them")
     types = list(ALL_TYPES) if all_types else list(type_ or [])
     env = options(ctx).open()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=as_json or not err_console.is_terminal,
-        transient=True,
-    ) as progress:
+    with progress_bar(as_json) as progress:
         task = progress.add_task("listing", total=None)
 
         def on_progress(p: DeleteProgress) -> None:

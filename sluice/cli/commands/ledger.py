@@ -10,10 +10,10 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sluice.cli.app import JsonFlag, app, options, wants_json
+from sluice.cli.progress import progress_bar
 from sluice.cli.render import console, counts_table, err_console, key_values, print_json
 from sluice.ops.ledger import CLEANUP_RULE, STATUSES, LedgerOpResult, OnProgress
 from sluice.ops.queues import format_duration
@@ -56,16 +56,7 @@ def command_line(ctx: typer.Context) -> str:
 
 @contextmanager
 def _progress(disabled: bool, what: str) -> Iterator[OnProgress]:
-    with Progress(
-        SpinnerColumn(),
-        TextColumn(what),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        # Off the terminal a transient bar leaves only blank lines behind.
-        disable=disabled or not err_console.is_terminal,
-        transient=True,
-    ) as progress:
+    with progress_bar(disabled) as progress:
         task = progress.add_task(what, total=None)
 
         def update(done: int, total: int) -> None:

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from sluice.cli.app import JsonFlag, app, options, wants_json
+from sluice.cli.progress import progress_bar
 from sluice.cli.render import (
     arrow_table,
     console,
@@ -22,16 +23,7 @@ from sluice.errors import ConfigError
 
 
 def _spinner(disabled: bool) -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=disabled,
-        transient=True,
-    )
+    return progress_bar(disabled)
 
 
 @app.command()

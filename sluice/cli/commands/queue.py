@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sluice.cli.app import JsonFlag, app, options, wants_json
-from sluice.cli.render import console, err_console, print_json
+from sluice.cli.progress import progress_bar
+from sluice.cli.render import console, print_json
 from sluice.ops.queues import QueueStatus, format_duration
 
 queue_app = typer.Typer(
@@ -102,15 +102,7 @@ def wait(
     limit = parse_duration(timeout, what="--timeout")
     interval = parse_duration(poll, what="--poll")
     env = options(ctx).open()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        # Off the terminal a transient line leaves only blank lines behind.
-        disable=as_json or not err_console.is_terminal,
-        transient=True,
-    ) as progress:
+    with progress_bar(as_json) as progress:
         task = progress.add_task("reading the queues", total=None)
 
         def on_progress(p: WaitProgress) -> None:

@@ -10,16 +10,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
 )
 
 from sluice.cli.app import JsonFlag, app, options, wants_json
-from sluice.cli.render import console, err_console, key_values, print_json
+from sluice.cli.progress import progress_bar
+from sluice.cli.render import console, key_values, print_json
 from sluice.ops.queues import parse_duration
 from sluice.ops.redrive.model import (
     DEFAULT_MONITOR_LIMIT,
@@ -37,15 +33,7 @@ SHOWN = 50  # items of a list shown on screen (`--json` prints every one)
 
 @contextmanager
 def _progress(disabled: bool, dry_run: bool) -> Iterator[OnEvent]:
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=disabled,
-        transient=True,
-    ) as progress:
+    with progress_bar(disabled) as progress:
         tasks: dict[str, TaskID] = {}
 
         def task(name: str, total: int | None) -> TaskID:

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sluice.cli.app import JsonFlag, app, options, wants_json
-from sluice.cli.render import console, err_console, print_json
+from sluice.cli.progress import progress_bar
+from sluice.cli.render import console, print_json
 from sluice.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -89,14 +89,7 @@ def verify_command(
     }
     sections = load_thresholds(thresholds)  # before the environment: a typo costs nothing
     env = options(ctx).open()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=as_json,
-        transient=True,
-    ) as progress:
+    with progress_bar(as_json) as progress:
         task = progress.add_task("verifying", total=None)
         report = verify(
             env,
