@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -36,6 +35,8 @@ from typing import Any, BinaryIO, cast
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing the package
     sys.path.insert(0, str(ROOT))
+
+from machine import machine_info  # noqa: E402  (bench/machine.py)
 
 from sluice.process.schemas import ASSERTION_FIELDS, PAYLOAD_FIELDS, FieldKind  # noqa: E402
 
@@ -384,38 +385,6 @@ def _summary(runs: list[dict[str, Any]], events: int, written: dict[str, Any]) -
     }
 
 
-def _machine() -> dict[str, Any]:
-    import duckdb
-    import msgspec
-    import pyarrow
-
-    cpu_model = ""
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-
-    def git(*command: str) -> str:
-        done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.rstrip("\n")
-
-    return {
-        # The code measured: other work may be in progress in sluice/ (uncommitted changes).
-        "commit": git("rev-parse", "HEAD"),
-        "sluice_uncommitted": [
-            line[3:] for line in git("status", "--porcelain", "--", "sluice").splitlines()
-        ],
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "duckdb": duckdb.__version__,
-        "pyarrow": pyarrow.__version__,
-        "msgspec": msgspec.__version__,
-    }
-
-
 def _check_rows(meta: dict[str, Any], sluice: dict[str, Any], duck: dict[str, Any]) -> list[str]:
     """What is wrong with the comparison; empty when both wrote the same rows."""
     problems = []
@@ -528,7 +497,7 @@ def main(args: argparse.Namespace) -> int:
     result = {
         "benchmark": "parser",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine_info(),
         "input": {k: v for k, v in meta.items() if k not in ("rows_by_partition",)}
         | {"partitions": len(meta["rows_by_partition"])},
         "reference": {

@@ -33,10 +33,8 @@ import gzip
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -46,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing the package
     sys.path.insert(0, str(ROOT))
+
+from machine import machine_info  # noqa: E402  (bench/machine.py)
 
 from sluice.backends.catalog.base import Partition  # noqa: E402
 from sluice.backends.ledger.base import Counts, Output, SourceRef  # noqa: E402
@@ -338,27 +338,11 @@ def _median(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return next(r for r in runs if r[key] == middle)
 
 
-def _machine() -> dict[str, Any]:
-    def git(*command: str) -> str:
-        done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.rstrip("\n")
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "sluice_uncommitted": [
-            line[3:] for line in git("status", "--porcelain", "--", "sluice").splitlines()
-        ],
-        "nproc": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
 def main(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "benchmark": "redrive",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine_info(),
         "day": DAY,
         "type": TYPE,
         "backends": {},

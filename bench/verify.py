@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -38,6 +37,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing the package
@@ -296,31 +297,6 @@ def _median(runs: list[dict[str, Any]], rows: int) -> dict[str, Any]:
     return median
 
 
-def _machine() -> dict[str, Any]:
-    import duckdb
-    import pyarrow
-
-    def git(*command: str) -> str:
-        done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.rstrip("\n")
-
-    with open("/proc/cpuinfo") as cpuinfo:
-        models = [ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")]
-    cpu_model = models[0] if models else ""
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "sluice_uncommitted": [
-            ln[3:] for ln in git("status", "--porcelain", "--", "sluice").splitlines()
-        ],
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "duckdb": duckdb.__version__,
-        "pyarrow": pyarrow.__version__,
-    }
-
-
 # Each run: the child side and the samples it keeps. "sluice" is `sluice verify
 # --check-duplicates` (no samples, so no query beyond the check); "sluice_v" adds `-v`.
 RUNS = {
@@ -405,7 +381,7 @@ def main(args: argparse.Namespace) -> int:
     result = {
         "benchmark": "verify",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine_info(),
         "input": meta,
         "reference": {"engine": "duckdb", "threads": 1, "sql": duck.pop("sql")},
         "engine_sql": sides["engine"].pop("sql"),
