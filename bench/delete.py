@@ -145,24 +145,37 @@ def bench_s3(sources: list[tuple[str, list[str]]], objects: int, workers: int) -
             runs["aws_cli"] = lambda: timed(lambda: subprocess.run(cmd2, check=True))
         else:
             print("aws CLI not found (pip install awscli): skipped")
-        for name, run in runs.items():
-            populate(put, sources)
-            assert count(env) == objects
-            seconds = run()
-            left = count(env)
-            out[name] = {
-                "seconds": round(seconds, 3),
-                "objects_per_second": round(objects / seconds),
-                "left": left,
-            }
-            print(
-                f"s3 {name:17s} {seconds:7.2f} s  {objects / seconds:8.0f} objects/s  left {left}"
-            )
-            assert left == 0, f"{name} left {left} objects"
+        out.update(measure("s3", runs, lambda: populate(put, sources), lambda: count(env), objects))
     for ref in ("s5cmd", "aws_cli"):
         if ref in out:
             for side in ("sluice", "sluice_unchecked"):
                 out[f"speed_{side}_vs_{ref}"] = round(out[ref]["seconds"] / out[side]["seconds"], 2)
+    return out
+
+
+def measure(
+    where: str,
+    runs: dict[str, Callable[[], float]],
+    fill: Callable[[], None],
+    left_over: Callable[[], int],
+    objects: int,
+) -> dict[str, Any]:
+    """Each run on the same freshly filled bucket: its seconds, rate, and what it left."""
+    out: dict[str, Any] = {}
+    for name, run in runs.items():
+        fill()
+        assert left_over() == objects
+        seconds = run()
+        left = left_over()
+        out[name] = {
+            "seconds": round(seconds, 3),
+            "objects_per_second": round(objects / seconds),
+            "left": left,
+        }
+        print(
+            f"{where} {name:17s} {seconds:7.2f} s  {objects / seconds:8.0f} objects/s  left {left}"
+        )
+        assert left == 0, f"{name} left {left} objects"
     return out
 
 
@@ -188,21 +201,9 @@ def bench_embedded(
             lambda: subprocess.run(["find", str(tree), "-delete"], check=True)
         ),
     }
-    out: dict[str, Any] = {}
-    for name, run in runs.items():
-        populate(put, sources)
-        assert count(env) == objects
-        seconds = run()
-        left = count(env)
-        out[name] = {
-            "seconds": round(seconds, 3),
-            "objects_per_second": round(objects / seconds),
-            "left": left,
-        }
-        print(
-            f"embedded {name:17s} {seconds:7.2f} s  {objects / seconds:8.0f} objects/s  left {left}"
-        )
-        assert left == 0, f"{name} left {left} objects"
+    out: dict[str, Any] = measure(
+        "embedded", runs, lambda: populate(put, sources), lambda: count(env), objects
+    )
     for side in ("sluice", "sluice_unchecked"):
         out[f"speed_{side}_vs_find"] = round(
             out["find_delete"]["seconds"] / out[side]["seconds"], 2
