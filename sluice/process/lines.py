@@ -77,49 +77,95 @@ def _decompressed_chunks(stream: BinaryIO, uri: str) -> Iterator[bytes]:
         raise TransientError(f"{uri}: read failed: {exc}", source_ref=uri) from exc
 
 
-def _line(data: bytes, number: int, size: int) -> RawLine:
-    """A finished line: CR of a CRLF end and (on line 1) a UTF-8 BOM removed."""
-    cut = 0
-    if data[-1:] == b"\r":
-        data = data[:-1]
-        cut = 1
-    if number == 1 and data.startswith(BOM):
-        data = data[len(BOM) :]
-        cut += len(BOM)
-    return RawLine(number, data, size - cut)
+@dataclass(frozen=True, slots=True)
+class LineBlock:
+    """The lines of one decompressed chunk: the unit the parser loops over."""
+
+    first: int  # the number of lines[0]
+    lines: list[bytes]  # line ends, CRs and a leading BOM removed; long lines cut (see RawLine)
+    sizes: dict[int, int]  # the true size of each cut line, by its index in `lines`
+
+    def raw(self, index: int) -> RawLine:
+        data = self.lines[index]
+        return RawLine(self.first + index, data, self.sizes.get(index, len(data)))
 
 
-def iter_lines(stream: BinaryIO, uri: str) -> Iterator[RawLine]:
-    """Lines of a gzip JSONL stream: CRLF ends and a leading UTF-8 BOM removed.
+def iter_line_blocks(stream: BinaryIO, uri: str) -> Iterator[LineBlock]:
+    """The lines of a gzip JSONL stream, a decompressed chunk at a time: CRLF ends and a leading
+    UTF-8 BOM removed, a line longer than MAX_LINE_BYTES cut after MAX_LINE_BYTES + 1 bytes.
 
     Raises:
         CorruptObject: zero bytes, not gzip, corrupt or truncated gzip (terminal).
         TransientError: the underlying read failed.
     """
     keep = MAX_LINE_BYTES + 1  # enough to know a line is too long, and to quarantine its start
-    number = 0
+    done = 0  # lines yielded so far
     pending = b""  # the start of a line that continues in the next chunk (at most `keep` bytes)
     pending_size = 0  # its true size so far
+    pending_cr = False  # whether its last byte so far is a CR
     for chunk in _decompressed_chunks(stream, uri):
         parts = chunk.split(b"\n")
-        if len(parts) == 1:
+        last = parts.pop()
+        if not parts:  # no line ends in this chunk
             if len(pending) < keep:
                 pending += chunk[: keep - len(pending)]
             pending_size += len(chunk)
+            pending_cr = chunk.endswith(b"\r")
             continue
-        first = parts[0]
+        cut: dict[int, tuple[int, bool]] = {}  # index -> (true size, true end is a CR)
         if pending_size:
-            number += 1
-            size = pending_size + len(first)
-            yield _line((pending + first[: keep - len(pending)])[:keep], number, size)
-        else:
-            number += 1
-            yield _line(first[:keep], number, len(first))
-        for middle in parts[1:-1]:
-            number += 1
-            yield _line(middle if len(middle) <= keep else middle[:keep], number, len(middle))
-        last = parts[-1]
-        pending, pending_size = last[:keep], len(last)
+            first = parts[0]
+            parts[0], cut_first = _join(pending, pending_size, pending_cr, first, keep)
+            if cut_first is not None:
+                cut[0] = cut_first
+        if len(chunk) > keep:
+            for i, part in enumerate(parts):
+                if len(part) > keep and i not in cut:
+                    cut[i] = (len(part), part.endswith(b"\r"))
+                    parts[i] = part[:keep]
+        crs = b"\r" in chunk or (pending_size > 0 and pending_cr)
+        yield _block(done + 1, parts, cut, crs)
+        done += len(parts)
+        pending, pending_size, pending_cr = last[:keep], len(last), last.endswith(b"\r")
     if pending_size:
-        number += 1
-        yield _line(pending, number, pending_size)
+        data, cut_last = _join(pending, pending_size, pending_cr, b"", keep)
+        yield _block(done + 1, [data], {} if cut_last is None else {0: cut_last}, pending_cr)
+
+
+def _join(
+    pending: bytes, pending_size: int, pending_cr: bool, rest: bytes, keep: int
+) -> tuple[bytes, tuple[int, bool] | None]:
+    """A line read over several chunks: its kept bytes, and (true size, ends with CR) if cut."""
+    size = pending_size + len(rest)
+    data = (pending + rest[: keep - len(pending)])[:keep]
+    if size <= keep:
+        return data, None
+    return data, (size, rest.endswith(b"\r") if rest else pending_cr)
+
+
+def _block(
+    first: int, parts: list[bytes], cut: dict[int, tuple[int, bool]], crs: bool
+) -> LineBlock:
+    """The block with CRs of CRLF ends and (on line 1) a UTF-8 BOM removed from its lines."""
+    sizes = {i: size - cr for i, (size, cr) in cut.items()}
+    if crs:
+        for i, part in enumerate(parts):
+            if i not in cut and part.endswith(b"\r"):
+                parts[i] = part[:-1]
+    if first == 1 and parts[0].startswith(BOM):
+        parts[0] = parts[0][len(BOM) :]
+        if 0 in sizes:
+            sizes[0] -= len(BOM)
+    return LineBlock(first, parts, sizes)
+
+
+def iter_lines(stream: BinaryIO, uri: str) -> Iterator[RawLine]:
+    """Lines of a gzip JSONL stream, one at a time (see `iter_line_blocks`).
+
+    Raises:
+        CorruptObject: zero bytes, not gzip, corrupt or truncated gzip (terminal).
+        TransientError: the underlying read failed.
+    """
+    for block in iter_line_blocks(stream, uri):
+        for index in range(len(block.lines)):
+            yield block.raw(index)

@@ -270,23 +270,25 @@ def _all_payload_fields() -> dict[str, FieldKind]:
 
 _PAYLOAD_FIELDS = _all_payload_fields()
 
-_FastAssertion = msgspec.defstruct(
-    "_FastAssertion",
-    [(n, _MSGSPEC_TYPES[k] | None, None) for n, k in ASSERTION_FIELDS.items()],
-    forbid_unknown_fields=True,
-)
+
+def _assertion_struct(name: str, *, forbid: bool) -> Any:
+    return msgspec.defstruct(
+        name,
+        [(n, _MSGSPEC_TYPES[k] | None, None) for n, k in ASSERTION_FIELDS.items()],
+        forbid_unknown_fields=forbid,
+    )
 
 
 def _event_struct(name: str, *, forbid: bool) -> Any:
-    """The event as msgspec structs; `forbid` refuses unknown fields in the envelope, payload and
-    at the top. Assertions always refuse them: their extras go through `parse_event`."""
+    """The event as msgspec structs; `forbid` refuses unknown fields at every level."""
+    assertion = _assertion_struct(f"{name}Assertion", forbid=forbid)
     payload = msgspec.defstruct(
         f"{name}Payload",
         [
             (n, _MSGSPEC_TYPES[k] | None | msgspec.UnsetType, msgspec.UNSET)
             for n, k in _PAYLOAD_FIELDS.items()
         ]
-        + [("assertions", list[_FastAssertion] | None | msgspec.UnsetType, msgspec.UNSET)],  # type: ignore[valid-type]
+        + [("assertions", list[assertion] | None | msgspec.UnsetType, msgspec.UNSET)],  # type: ignore[valid-type]
         forbid_unknown_fields=forbid,
     )
     envelope = msgspec.defstruct(
@@ -360,43 +362,42 @@ def _fast_struct(line: bytes) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class FastLine:
-    """A line the columnar path can take: its time, and its unknown fields as JSON."""
+class Extras:
+    """A line's fields the schema does not know, as JSON (the `*__extra` columns)."""
 
-    occurred_us: int
-    envelope_extra: str | None = None
-    payload_extra: str | None = None
+    envelope: str | None
+    payload: str | None
+    assertions: tuple[str | None, ...]  # one per assertion, in order
 
 
-def fast_check(line: bytes, arrived_at: datetime) -> FastLine | None:
-    """The line's columnar-path facts if it is a valid event whose assertions hold only known
-    fields, else None (then `parse_line` decides it)."""
+# What the columnar path needs of a line `fast_check` passed: its occurred_at as written
+# (checked later, a column at a time: `columnar.occurred_micros`) and its unknown fields, if
+# any. A plain tuple: one is made for every line.
+FastLine = tuple[str, Extras | None]
+
+
+def fast_check(line: bytes) -> FastLine | None:
+    """The line's columnar-path facts if it is a valid event (all but the occurred_at rule),
+    else None (then `parse_line` decides it)."""
     if len(line) > MAX_LINE_BYTES:
         return None
-    envelope_extra = payload_extra = None
     try:
         raw = _fast_decode(line)
         payload = raw.payload
-        foreign = payload is not None and _has_foreign(raw.envelope.type, payload)
+        if payload is None or not _has_foreign(raw.envelope.type, payload):
+            return raw.envelope.occurred_at, None
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         # Valid but for unknown fields? The lenient structs check everything else in C.
         try:
             raw = _lenient_decode(line)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             return None
-        foreign = True
-    try:
-        occurred_at = check_occurred_at(raw.envelope.occurred_at, arrived_at)
-    except LineRejected:
-        return None
-    if foreign:
-        obj = _decode(line)
-        envelope_extra, payload_extra = _extras(
-            obj, obj["envelope"], obj.get("payload") or {}, raw.envelope.type
-        )
-    # Exact: a double holds microseconds since 1970 to well under half a microsecond until
-    # the 22nd century, and occurred_at is at most a day after arrival.
-    return FastLine(round(occurred_at.timestamp() * 1_000_000), envelope_extra, payload_extra)
+    obj = _decode(line)
+    payload = obj.get("payload") or {}
+    envelope_extra, payload_extra = _extras(obj, obj["envelope"], payload, raw.envelope.type)
+    elements = payload.get("assertions") or ()
+    assertions = tuple(_extra(element, ASSERTION_FIELDS) for element in elements)
+    return raw.envelope.occurred_at, Extras(envelope_extra, payload_extra, assertions)
 
 
 def parse_line(line: bytes, arrived_at: datetime) -> Event:

@@ -28,7 +28,7 @@ from sluice.env import Env
 from sluice.errors import LeaseLost, ObjectNotFound, SluiceError, TerminalError, TransientError
 from sluice.layout import ObjectUri, arrival_time_from_key, parse_uri
 from sluice.process.columnar import FastBatch, partitions
-from sluice.process.lines import iter_lines
+from sluice.process.lines import LineBlock, RawLine, iter_line_blocks
 from sluice.process.outputs import PartitionWriter, stale_uris
 from sluice.process.parse import MAX_LINE_BYTES, LineRejected, fast_check, parse_line
 from sluice.process.quarantine import QuarantineWriter
@@ -167,85 +167,107 @@ def _record_failure(env: Env, claim: Claim, exc: BaseException, correlation_id: 
         )
 
 
-def _process_claimed(
-    env: Env, ref: ObjectUri, lease: _Lease, arrived_at: datetime
-) -> tuple[Counts, list[Output], list[str]]:
-    source_ref = str(ref)
-    buckets = env.config.buckets
-    lines = blank = good = rows = 0
-    with tempfile.TemporaryDirectory(prefix="sluice-") as scratch_dir:
-        scratch = Path(scratch_dir)
-        writer = PartitionWriter(scratch, source_ref, buckets.verified)
-        batch = FastBatch()
-        quarantine = QuarantineWriter(
+class _Lines:
+    """Where each line of one object goes: the columnar batch, the row path or quarantine."""
+
+    def __init__(self, scratch: Path, source_ref: str, env: Env, arrived_at: datetime) -> None:
+        buckets = env.config.buckets
+        self.scratch = scratch
+        self.source_ref = source_ref
+        self.arrived_at = arrived_at
+        self.writer = PartitionWriter(scratch, source_ref, buckets.verified)
+        self.quarantine = QuarantineWriter(
             scratch / "quarantine.jsonl.gz",
             source_ref,
             buckets.quarantine,
             arrived_at.date().isoformat(),
         )
+        self.batch = FastBatch()
+        self.lines = self.blank = self.good = self.rows = 0
+
+    def take(self, block: LineBlock) -> None:
+        """Every line of the block: blank ones counted, the rest sent on their way."""
+        self.lines += len(block.lines)
+        cut = block.sizes
+        batch = self.batch
+        for index, data in enumerate(block.lines):
+            if cut and index in cut:
+                self.decide(block.raw(index))
+                continue
+            if not data or data.isspace():
+                self.blank += 1
+                continue
+            fast = fast_check(data)
+            if fast is None:
+                self.decide(block.raw(index))
+                continue
+            batch.add(block.first + index, data, fast)
+            if len(batch) >= FAST_BATCH_LINES:
+                self.flush()
+                batch = self.batch
+
+    def decide(self, line: RawLine) -> None:
+        """One line by the per-line rule: a row or a quarantined line."""
+        try:
+            event = parse_line(line.data, self.arrived_at)
+        except LineRejected as rejected:
+            reason = rejected.reason
+            if line.truncated:  # parse_line saw only the kept prefix
+                reason = f"line is {line.size} bytes, over {MAX_LINE_BYTES}"
+            self.quarantine.add(line, rejected.code, reason)
+            return
+        self.good += 1
+        self.rows += self.writer.add(event, line.number, self.arrived_at)
+
+    def flush(self) -> None:
+        """The batched lines through the columnar path (any it cannot take, one by one)."""
+        batch, self.batch = self.batch, FastBatch()
+        if not batch:
+            return
+        batch, occurred_us, others = batch.settle(self.arrived_at)
+        for number, data in others:
+            self.decide(RawLine(number, data, len(data)))
+        table = batch.read(self.scratch) if batch else None
+        if table is None:  # the reader disagreed with the check: take the lines one by one
+            for number, data in zip(batch.numbers, batch.lines, strict=True):
+                self.decide(RawLine(number, data, len(data)))
+            return
+        self.good += len(batch)
+        parts = partitions(batch, table, occurred_us, self.source_ref, self.arrived_at)
+        for type_, day, hour, part in parts:
+            self.writer.add_table(type_, day, hour, part)
+            self.rows += part.num_rows
+
+    def counts(self) -> Counts:
+        return Counts(
+            lines=self.lines,
+            blank_lines=self.blank,
+            good_lines=self.good,
+            quarantined_lines=self.quarantine.count,
+            rows=self.rows,
+            quarantine_reasons=dict(self.quarantine.reasons),
+        )
+
+
+def _process_claimed(
+    env: Env, ref: ObjectUri, lease: _Lease, arrived_at: datetime
+) -> tuple[Counts, list[Output], list[str]]:
+    with tempfile.TemporaryDirectory(prefix="sluice-") as scratch_dir:
+        lines = _Lines(Path(scratch_dir), str(ref), env, arrived_at)
         try:
             with env.store.open(ref.bucket, ref.key) as stream:
-                for line in iter_lines(stream, source_ref):
-                    lines += 1
-                    if lines % 4096 == 0:
-                        lease.tick()
-                    if not line.truncated and (not line.data or line.data.isspace()):
-                        blank += 1
-                        continue
-                    fast = None if line.truncated else fast_check(line.data, arrived_at)
-                    if fast is not None:
-                        good += 1
-                        batch.add(line.number, line.data, fast)
-                        if len(batch) >= FAST_BATCH_LINES:
-                            rows += _write_fast(batch, writer, scratch, source_ref, arrived_at)
-                            batch = FastBatch()
-                        continue
-                    try:
-                        event = parse_line(line.data, arrived_at)
-                    except LineRejected as rejected:
-                        reason = rejected.reason
-                        if line.truncated:  # parse_line saw only the kept prefix
-                            reason = f"line is {line.size} bytes, over {MAX_LINE_BYTES}"
-                        quarantine.add(line, rejected.code, reason)
-                        continue
-                    good += 1
-                    rows += writer.add(event, line.number, arrived_at)
-            rows += _write_fast(batch, writer, scratch, source_ref, arrived_at)
-            files = writer.close() + quarantine.close()
+                for block in iter_line_blocks(stream, str(ref)):
+                    lease.tick()
+                    lines.take(block)
+            lines.flush()
+            files = lines.writer.close() + lines.quarantine.close()
         except BaseException:
-            writer.abort()
-            quarantine.abort()
+            lines.writer.abort()
+            lines.quarantine.abort()
             raise
         outputs = [out for out, _ in files]
         removed = _publish(env, lease, files)
-    counts = Counts(
-        lines=lines,
-        blank_lines=blank,
-        good_lines=good,
-        quarantined_lines=quarantine.count,
-        rows=rows,
-        quarantine_reasons=dict(quarantine.reasons),
-    )
-    return counts, outputs, removed
-
-
-def _write_fast(
-    batch: FastBatch, writer: PartitionWriter, scratch: Path, source_ref: str, arrived_at: datetime
-) -> int:
-    """Rows of the lines that passed `fast_check`, written through the columnar path."""
-    if not batch:
-        return 0
-    table = batch.read(scratch)
-    if table is None:  # Arrow's reader disagreed with the check: take the lines one by one
-        return sum(
-            writer.add(parse_line(data, arrived_at), number, arrived_at)
-            for number, data in zip(batch.numbers, batch.lines, strict=True)
-        )
-    rows = 0
-    for type_, day, hour, part in partitions(batch, table, source_ref, arrived_at):
-        writer.add_table(type_, day, hour, part)
-        rows += part.num_rows
-    return rows
+    return lines.counts(), outputs, removed
 
 
 def _publish(env: Env, lease: _Lease, files: list[tuple[Output, Path]]) -> list[str]:

@@ -39,11 +39,13 @@ def reference(data: bytes) -> list[tuple[int, bytes, int]]:
             st.integers(min_value=LIMIT - 2, max_value=LIMIT * 4).map(lambda n: b"x" * n),
             st.just(b"\xef\xbb\xbf{}"),
             st.just(b"{}\r"),
+            st.integers(min_value=LIMIT - 2, max_value=LIMIT * 2).map(lambda n: b"y" * n + b"\r"),
+            st.just(b"\r"),
         ),
         max_size=30,
     ),
     trailing_newline=st.booleans(),
-    chunk=st.integers(min_value=1, max_value=50),
+    chunk=st.integers(min_value=1, max_value=LIMIT * 5),  # below and above a line's limit
 )
 def test_lines_match_a_plain_split_whatever_the_chunking(
     lines: list[bytes], trailing_newline: bool, chunk: int

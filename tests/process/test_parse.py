@@ -318,15 +318,77 @@ def test_fast_path_agrees_with_parse_event(
     fast = outcome(lambda b: parse_line(b, ARRIVED), raw)
     slow = outcome(lambda b: parse_event(decode_line(b), ARRIVED), raw)
     assert fast == slow
-    # The columnar path's check: it takes only lines parse_event accepts, with the same facts.
+    # The columnar path's checks: they take only lines parse_event accepts, with the same facts.
+    from sluice.process.columnar import occurred_micros
     from sluice.process.parse import fast_check
 
-    checked = fast_check(raw, ARRIVED)
+    checked = fast_check(raw)
     if checked is not None:
-        assert isinstance(slow, Event)
-        assert checked.occurred_us == round(slow.occurred_at.timestamp() * 1_000_000)
-        assert (checked.envelope_extra, checked.payload_extra) == (
-            slow.envelope_extra,
-            slow.payload_extra,
-        )
-        assert all(a[-1] is None for a in slow.assertions)
+        occurred_at, extras = checked
+        micros = occurred_micros([occurred_at], ARRIVED)[0].as_py()
+        if micros is not None:
+            assert isinstance(slow, Event)
+            assert micros == round(slow.occurred_at.timestamp() * 1_000_000)
+            assertion_extras = [a[-1] for a in slow.assertions]
+            slow_extras = (slow.envelope_extra, slow.payload_extra, assertion_extras)
+            if extras is None:
+                assert slow_extras == (None, None, [None] * len(slow.assertions))
+            else:
+                assert slow_extras == (extras.envelope, extras.payload, list(extras.assertions))
+
+
+def _two(low: int, high: int) -> st.SearchStrategy[str]:
+    return st.integers(low, high).map(lambda n: f"{n:02d}")
+
+
+# Near-RFC 3339 text: dates and times that may not exist, every separator and offset form.
+timestamps = st.builds(
+    lambda y, mo, d, sep, h, mi, sec, frac, off: f"{y}-{mo}-{d}{sep}{h}:{mi}:{sec}{frac}{off}",
+    st.sampled_from(["1999", "2000", "2024", "2025", "0000", "9999"]),
+    _two(0, 13),
+    _two(0, 32),
+    st.sampled_from(["T", "t", " ", "_"]),
+    _two(0, 25),
+    _two(0, 61),
+    _two(0, 61),
+    st.sampled_from(["", ".1", ".123456", ".1234567", ".999999999", "."]),
+    st.one_of(
+        st.sampled_from(["", "Z", "z", "+00:00", "-00:00", "+0100"]),
+        st.builds(
+            lambda sign, h, m: f"{sign}{h}:{m}", st.sampled_from("+-"), _two(0, 25), _two(0, 61)
+        ),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.one_of(timestamps, st.text(max_size=30)), min_size=1, max_size=8))
+def test_column_check_of_occurred_at_agrees_with_the_line_rule(texts: list[str]) -> None:
+    from sluice.process.columnar import occurred_micros
+    from sluice.process.parse import check_occurred_at
+
+    arrived = datetime(2025, 11, 25, 13, 30, 0, 250_000, tzinfo=UTC)
+    for text, micros in zip(texts, occurred_micros(texts, arrived).to_pylist(), strict=True):
+        if micros is None:
+            continue  # left to the line rule, which decides (accepts or rejects) on its own
+        expected = check_occurred_at(text, arrived)  # raises if the column check was too lax
+        assert micros == round(expected.timestamp() * 1_000_000), text
+
+
+def test_column_check_takes_the_common_forms_itself() -> None:
+    from sluice.process.columnar import occurred_micros
+
+    texts = ["2025-11-24T10:00:00Z", "2025-11-24T10:00:00.5+01:00", "2025-11-26T00:00:01Z"]
+    # The third is more than a day after arrival: not taken (the line rule rejects it).
+    assert occurred_micros(texts, ARRIVED).to_pylist() == [
+        1763978400000000,
+        1763974800500000,
+        None,
+    ]
+    # A date that does not exist among them: the whole column goes through the line rule.
+    assert occurred_micros([*texts, "2025-02-30T00:00:00Z"], ARRIVED).to_pylist() == [
+        1763978400000000,
+        1763974800500000,
+        None,
+        None,
+    ]
