@@ -10,7 +10,7 @@ Lines that do not pass either check are left to `parse_line`, one by one (extras
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,13 +139,27 @@ class FastBatch:
     occurred_at: list[str] = field(default_factory=list)
     extras: dict[int, Extras] = field(default_factory=dict)  # by index, for the few that have any
 
-    def add(self, number: int, line: bytes, fast: FastLine) -> None:
-        occurred_at, extras = fast
-        if extras is not None:
-            self.extras[len(self.lines)] = extras
-        self.numbers.append(number)
-        self.lines.append(line)
-        self.occurred_at.append(occurred_at)
+    def extend(self, first: int, lines: list[bytes], checked: list[FastLine | None]) -> None:
+        """Add the lines `fast_check` passed (`checked[i]` is the check of `lines[i]`, numbered
+        from `first`); the others (None) are not added."""
+        if None in checked:
+            taken = [i for i, fast in enumerate(checked) if fast is not None]
+            lines = [lines[i] for i in taken]
+            numbers: Iterable[int] = [first + i for i in taken]
+            checked = [checked[i] for i in taken]
+        else:
+            numbers = range(first, first + len(lines))
+        if not lines:
+            return
+        occurred_at, extras = zip(*checked, strict=True)
+        if any(extras):
+            start = len(self.lines)
+            for index, found in enumerate(extras):
+                if found is not None:
+                    self.extras[start + index] = found
+        self.numbers.extend(numbers)
+        self.lines.extend(lines)
+        self.occurred_at.extend(occurred_at)
 
     def __len__(self) -> int:
         return len(self.lines)

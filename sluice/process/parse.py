@@ -276,11 +276,14 @@ def _assertion_struct(name: str, *, forbid: bool) -> Any:
         name,
         [(n, _MSGSPEC_TYPES[k] | None, None) for n, k in ASSERTION_FIELDS.items()],
         forbid_unknown_fields=forbid,
+        gc=False,
     )
 
 
 def _event_struct(name: str, *, forbid: bool) -> Any:
-    """The event as msgspec structs; `forbid` refuses unknown fields at every level."""
+    """The event as msgspec structs; `forbid` refuses unknown fields at every level. Not tracked
+    by the garbage collector (they hold no cycles): a line makes several, and tracking them
+    makes the collector run every few hundred lines."""
     assertion = _assertion_struct(f"{name}Assertion", forbid=forbid)
     payload = msgspec.defstruct(
         f"{name}Payload",
@@ -290,6 +293,7 @@ def _event_struct(name: str, *, forbid: bool) -> Any:
         ]
         + [("assertions", list[assertion] | None | msgspec.UnsetType, msgspec.UNSET)],  # type: ignore[valid-type]
         forbid_unknown_fields=forbid,
+        gc=False,
     )
     envelope = msgspec.defstruct(
         f"{name}Envelope",
@@ -303,11 +307,13 @@ def _event_struct(name: str, *, forbid: bool) -> Any:
             ("batch_id", str | None, None),
         ],
         forbid_unknown_fields=forbid,
+        gc=False,
     )
     return msgspec.defstruct(
         name,
         [("envelope", envelope), ("payload", payload | None, None)],
         forbid_unknown_fields=forbid,
+        gc=False,
     )
 
 

@@ -188,23 +188,18 @@ class _Lines:
     def take(self, block: LineBlock) -> None:
         """Every line of the block: blank ones counted, the rest sent on their way."""
         self.lines += len(block.lines)
-        cut = block.sizes
-        batch = self.batch
-        for index, data in enumerate(block.lines):
-            if cut and index in cut:
-                self.decide(block.raw(index))
-                continue
-            if not data or data.isspace():
-                self.blank += 1
-                continue
-            fast = fast_check(data)
-            if fast is None:
-                self.decide(block.raw(index))
-                continue
-            batch.add(block.first + index, data, fast)
-            if len(batch) >= FAST_BATCH_LINES:
-                self.flush()
-                batch = self.batch
+        checked = list(map(fast_check, block.lines))  # the common case, with no Python loop
+        if None in checked:
+            for index, fast in enumerate(checked):
+                if fast is None:
+                    data = block.lines[index]
+                    if index not in block.sizes and (not data or data.isspace()):
+                        self.blank += 1
+                    else:
+                        self.decide(block.raw(index))
+        self.batch.extend(block.first, block.lines, checked)
+        if len(self.batch) >= FAST_BATCH_LINES:
+            self.flush()
 
     def decide(self, line: RawLine) -> None:
         """One line by the per-line rule: a row or a quarantined line."""
