@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import duckdb
 import pyarrow as pa
@@ -142,24 +143,20 @@ class FastBatch:
     def extend(self, first: int, lines: list[bytes], checked: list[FastLine | None]) -> None:
         """Add the lines `fast_check` passed (`checked[i]` is the check of `lines[i]`, numbered
         from `first`); the others (None) are not added."""
+        passed: list[FastLine]
         if None in checked:
             taken = [i for i, fast in enumerate(checked) if fast is not None]
             lines = [lines[i] for i in taken]
             numbers: Iterable[int] = [first + i for i in taken]
-            checked = [checked[i] for i in taken]
+            passed = [fast for fast in checked if fast is not None]
         else:
             numbers = range(first, first + len(lines))
-        if not lines:
-            return
-        occurred_at, extras = zip(*checked, strict=True)
-        if any(extras):
-            start = len(self.lines)
-            for index, found in enumerate(extras):
-                if found is not None:
-                    self.extras[start + index] = found
+            passed = cast(list[FastLine], checked)
+        start = len(self.lines)
+        self.extras.update({start + i: x for i, (_, x) in enumerate(passed) if x is not None})
         self.numbers.extend(numbers)
         self.lines.extend(lines)
-        self.occurred_at.extend(occurred_at)
+        self.occurred_at.extend([occurred_at for occurred_at, _ in passed])
 
     def __len__(self) -> int:
         return len(self.lines)
