@@ -64,6 +64,15 @@ class Impl:
     # Messages for the several-processes test: the moto server answers ~100 requests/s (and
     # each message here costs a delete), so the sqs side sends fewer to keep the suite quick.
     shared_messages: int
+    # FIFO (test_queue_fifo.py). A duplicate's send returns the first message's id (moto: a new
+    # id; SQS documents only that the duplicate is accepted).
+    duplicate_returns_first_id: bool = True
+    # SQS keeps deduplicating after the first message is deleted; moto compares only with the
+    # messages still in the queue.
+    deduplicates_after_delete: bool = True
+    # SQS gives a message moved to a FIFO DLQ its message id as deduplication id; moto keeps the
+    # one it was sent with.
+    dlq_replaces_deduplication_id: bool = True
 
 
 IMPLS = [
@@ -90,6 +99,9 @@ IMPLS = [
             ordered=False,
             dlq_restarts_receive_count=False,
             shared_messages=100,
+            duplicate_returns_first_id=False,
+            deduplicates_after_delete=False,
+            dlq_replaces_deduplication_id=False,
         ),
         id="sqs",
         marks=pytest.mark.aws,

@@ -6,6 +6,11 @@ visible again and its receive count grows. A queue with a redrive policy moves a
 dead-letter queue once it has been received `max_receive_count` times without being deleted
 (the move happens at the next receive, as on SQS).
 
+A FIFO queue (SQS: a name ending in ".fifo") delivers the messages of one group in the order
+they were sent, and none of a group while another of it is in flight; a message sent again with
+the deduplication id (or, with content-based deduplication, the body) of one sent in the last
+DEDUPLICATION_WINDOW_SECONDS is accepted but not enqueued again.
+
 The limits below are SQS's; every implementation checks them before sending, so what works on
 the embedded queue works on SQS. `move_messages` is the DLQ → source move written once over the
 interface, for backends without a service-side move task.
@@ -31,8 +36,13 @@ MAX_RETENTION_SECONDS = 14 * 24 * 3600
 MAX_WAIT_SECONDS = 20
 MAX_RECEIVE_COUNT = 1000
 MAX_MOVE_RATE = 500  # messages per second of a message-move task
+DEDUPLICATION_WINDOW_SECONDS = 5 * 60
+FIFO_SUFFIX = ".fifo"
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")  # queue names and batch entry ids
+_FIFO_NAME = re.compile(r"[A-Za-z0-9_-]{1,75}\.fifo")  # the suffix counts in the 80
+# Group and deduplication ids: 1-128 letters, digits and ASCII punctuation (no spaces).
+_FIFO_ID = re.compile(r"[!-~]{1,128}")
 _ATTRIBUTE_NAME = re.compile(r"(?!\.)(?!.*\.\.)(?!.*\.$)[A-Za-z0-9_.-]{1,256}")
 _RESERVED_ATTRIBUTE_PREFIXES = ("aws.", "amazon.")
 # SQS refuses any character outside XML 1.0's Char production (and so do lone surrogates here).
@@ -45,6 +55,10 @@ class OutgoingMessage:
     attributes: Mapping[str, str] = field(default_factory=dict)
     # Caller's id for the entry inside a batch (SQS's batch entry Id).
     entry_id: str = ""
+    # FIFO queues only: every message needs a group id, and a deduplication id unless the queue
+    # deduplicates by content.
+    group_id: str | None = None
+    deduplication_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,10 @@ class Message:
     receipt_handle: str
     receive_count: int
     sent_at: datetime
+    # FIFO queues only. The deduplication id is the one sent, or the body's hash with
+    # content-based deduplication.
+    group_id: str | None = None
+    deduplication_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,10 @@ class QueueSettings:
     visibility_timeout_seconds: int
     retention_seconds: int
     redrive_policy: RedrivePolicy | None = None
+    # A FIFO queue's name ends in FIFO_SUFFIX, and a standard queue's does not (SQS's rule).
+    fifo: bool = False
+    # FIFO only: a message sent without a deduplication id is deduplicated by its body's SHA-256.
+    content_based_deduplication: bool = False
 
 
 class MoveStatus(StrEnum):
@@ -117,14 +139,29 @@ class Queue(Protocol):
 
     name: str
 
-    def send(self, body: str, attributes: Mapping[str, str] | None = None) -> str:
-        """Send one message; returns its message id."""
+    def send(
+        self,
+        body: str,
+        attributes: Mapping[str, str] | None = None,
+        *,
+        group_id: str | None = None,
+        deduplication_id: str | None = None,
+    ) -> str:
+        """Send one message; returns its message id.
+
+        A FIFO queue accepts a duplicate (`DEDUPLICATION_WINDOW_SECONDS`) without enqueuing it;
+        the id returned for it is the first message's on the embedded queue, SQS's on SQS.
+
+        Raises:
+            ConfigError: a message the queue refuses (`validate_message`, `check_fifo_message`).
+        """
         ...
 
     def send_batch(self, entries: Sequence[OutgoingMessage]) -> SendBatchResult:
         """Send up to MAX_BATCH messages in one request; per-entry failures are reported.
 
-        Entries without an `entry_id` are numbered "0", "1", … in the result.
+        Entries without an `entry_id` are numbered "0", "1", … in the result. An entry the queue
+        refuses (`validate_message`, `check_fifo_message`) is a failure of that entry only.
 
         Raises:
             BatchTooLarge: more than MAX_BATCH entries.
@@ -177,7 +214,12 @@ class QueueFactory(Protocol):
     """Creates and opens the queues of one environment."""
 
     def create(self, name: str, settings: QueueSettings) -> Queue:
-        """Create a queue, or update the settings of an existing one (idempotent)."""
+        """Create a queue, or update the settings of an existing one (idempotent).
+
+        Raises:
+            ConfigError: a bad name or setting (`check_queue_name`, `check_fifo_settings`).
+            QueueNotFound: the redrive policy names a queue that does not exist.
+        """
         ...
 
     def open(self, name: str) -> Queue:
@@ -190,8 +232,8 @@ class QueueFactory(Protocol):
     ) -> MoveTask:
         """Move every message of the dead-letter queue `source_dlq` to `destination`.
 
-        Each message keeps its body and attributes and leaves the DLQ only after its send is
-        confirmed. `destination` None: back to the queue whose redrive policy names the DLQ.
+        Each message keeps its body, attributes and group id and leaves the DLQ only after its
+        send is confirmed. `destination` None: back to the queue whose redrive policy names the DLQ.
         `max_per_second` (1..MAX_MOVE_RATE) caps the rate; None moves as fast as the backend
         goes. Where the service runs the move itself (SQS's message-move task) the task comes
         back RUNNING: poll `move_task_status`. Otherwise the messages are moved inside this call
@@ -199,8 +241,9 @@ class QueueFactory(Protocol):
 
         Raises:
             QueueNotFound: either queue does not exist.
-            ConfigError: a rate out of range, the source as its own destination, or no
-                destination given and the DLQ is not the DLQ of exactly one queue.
+            ConfigError: a rate out of range, the source as its own destination, a FIFO queue
+                and a standard one, or no destination given and the DLQ is not the DLQ of
+                exactly one queue.
         """
         ...
 
@@ -214,7 +257,8 @@ class QueueFactory(Protocol):
 
 def validate_message(message: OutgoingMessage) -> None:
     """Raises:
-    ConfigError: an empty or oversized message, or attributes SQS refuses."""
+    ConfigError: an empty or oversized message, attributes SQS refuses, or a malformed group or
+        deduplication id."""
     if not message.body:
         raise ConfigError("a message body must not be empty")
     if _INVALID_CHAR.search(message.body):
@@ -239,6 +283,50 @@ def validate_message(message: OutgoingMessage) -> None:
             f"the message is {size} bytes with its attributes; the limit is"
             f" {MAX_MESSAGE_BYTES} (256 KiB): put large payloads in the object store",
             size=size,
+        )
+    for what, fifo_id in (
+        ("group id", message.group_id),
+        ("deduplication id", message.deduplication_id),
+    ):
+        if fifo_id is not None and not _FIFO_ID.fullmatch(fifo_id):
+            shown = fifo_id if len(fifo_id) <= 40 else fifo_id[:40] + "…"
+            raise ConfigError(
+                f"a {what} must be 1-128 letters, digits or ASCII punctuation, not {shown!r}"
+                f" ({len(fifo_id)} characters)",
+                hint="SQS accepts a-z, A-Z, 0-9 and !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+            )
+
+
+def check_fifo_message(
+    queue: str, message: OutgoingMessage, *, fifo: bool, content_based_deduplication: bool
+) -> None:
+    """Raises:
+    ConfigError: for a FIFO queue, a message without a group id, or without a deduplication id
+        where the queue does not deduplicate by content; for a standard queue, either id."""
+    if not fifo:
+        # SQS now takes a group id on a standard queue too, as a tenant for its fair queues,
+        # without any order. Refused here: a group id always means FIFO order, and a move never
+        # carries one into a queue that would drop that order silently.
+        if message.group_id is not None or message.deduplication_id is not None:
+            raise ConfigError(
+                f"queue {queue!r} is a standard queue, which takes no group or deduplication id",
+                hint=f"leave the ids out, or send to a FIFO queue (a name ending in {FIFO_SUFFIX})",
+                queue=queue,
+            )
+        return
+    if message.group_id is None:
+        raise ConfigError(
+            f"queue {queue!r} is a FIFO queue: every message needs a group id",
+            hint="pass a group id: the messages of one group are delivered in order, one at a time",
+            queue=queue,
+        )
+    if message.deduplication_id is None and not content_based_deduplication:
+        raise ConfigError(
+            f"FIFO queue {queue!r} does not deduplicate by content: every message needs a"
+            " deduplication id",
+            hint="pass a deduplication id (a send repeated within 5 minutes is not enqueued"
+            " again), or create the queue with content-based deduplication",
+            queue=queue,
         )
 
 
@@ -279,9 +367,93 @@ def message_size(message: OutgoingMessage) -> int:
 
 def check_name(what: str, value: str) -> None:
     """Raises:
-    ConfigError: not a valid queue name or batch entry id."""
+    ConfigError: not a valid batch entry id."""
     if not _NAME.fullmatch(value):
         raise ConfigError(f"{what} {value!r} must be 1-80 letters, digits, '-' or '_'")
+
+
+def check_queue_name(name: str) -> None:
+    """Raises:
+    ConfigError: not 1-80 letters, digits, '-' or '_' (or, for a FIFO queue, up to 75 of them
+        and ".fifo")."""
+    if not (_NAME.fullmatch(name) or _FIFO_NAME.fullmatch(name)):
+        raise ConfigError(
+            f"queue name {name!r} must be 1-80 letters, digits, '-' or '_'",
+            hint=f"a FIFO queue's name ends in {FIFO_SUFFIX}, which counts in the 80",
+        )
+
+
+def is_fifo(name: str) -> bool:
+    """Whether the queue of this name (or URL) is a FIFO queue: SQS ties the type to the name."""
+    return name.rstrip("/").endswith(FIFO_SUFFIX)
+
+
+def check_fifo_settings(name: str, settings: QueueSettings) -> None:
+    """Raises:
+    ConfigError: a FIFO queue whose name does not end in ".fifo" or the reverse, content-based
+        deduplication on a standard queue, or a dead-letter queue of the other type (SQS's
+        rules)."""
+    if settings.fifo and not is_fifo(name):
+        raise ConfigError(
+            f"FIFO queue {name!r} needs a name ending in {FIFO_SUFFIX}",
+            hint=f"rename it {name}{FIFO_SUFFIX}",
+            queue=name,
+        )
+    if is_fifo(name) and not settings.fifo:
+        raise ConfigError(
+            f"queue {name!r} ends in {FIFO_SUFFIX}, which only a FIFO queue's name does",
+            hint="create it with fifo=True, or drop the suffix for a standard queue",
+            queue=name,
+        )
+    if settings.content_based_deduplication and not settings.fifo:
+        raise ConfigError(f"queue {name!r}: only a FIFO queue deduplicates by content", queue=name)
+    policy = settings.redrive_policy
+    if policy is not None and is_fifo(policy.dead_letter_queue) != settings.fifo:
+        kind = "FIFO" if settings.fifo else "standard"
+        raise ConfigError(
+            f"the dead-letter queue of {kind} queue {name!r} must be {kind} too, not"
+            f" {policy.dead_letter_queue!r}",
+            hint="a FIFO queue's dead-letter queue is a FIFO queue, a standard queue's a standard"
+            " one",
+            queue=name,
+        )
+
+
+def check_same_kind(source: Queue, destination: Queue) -> bool:
+    """Whether a move from `source` goes into a FIFO queue.
+
+    Raises:
+        ConfigError: one queue is FIFO and the other standard (SQS moves only between queues
+            of one type: FIFO messages need their group ids, standard ones have none).
+    """
+    into_fifo = is_fifo(destination.name)
+    if is_fifo(source.name) != into_fifo:
+        kinds = ("FIFO", "standard") if into_fifo else ("standard", "FIFO")
+        raise ConfigError(
+            f"cannot move messages from {kinds[1]} queue {source.name!r} to {kinds[0]} queue"
+            f" {destination.name!r}",
+            hint="move between two FIFO queues or two standard queues",
+            source=source.name,
+            destination=destination.name,
+        )
+    return into_fifo
+
+
+def resend(message: Message, entry_id: str, *, into_fifo: bool) -> OutgoingMessage:
+    """`message` as a batch entry for the queue it moves to: body and attributes, and into a
+    FIFO queue its group id and a deduplication id."""
+    if not into_fifo:
+        return OutgoingMessage(message.body, message.attributes, entry_id=entry_id)
+    # The original deduplication id, else the message's own id: either is the same every time
+    # this message is moved, so a move retried after a crash (sent, not yet deleted from the
+    # source) within the deduplication window does not enqueue it twice.
+    return OutgoingMessage(
+        message.body,
+        message.attributes,
+        entry_id=entry_id,
+        group_id=message.group_id,
+        deduplication_id=message.deduplication_id or message.message_id,
+    )
 
 
 def check_range(what: str, value: float, low: int, high: int) -> None:
@@ -306,19 +478,21 @@ def move_messages(
 ) -> MoveTask:
     """Move every message of `source` to `destination`; returns the finished task.
 
-    Receives a batch, sends it on with body and attributes, and deletes from `source` only the
-    entries whose send was confirmed. An entry that fails makes the move stop FAILED with its
-    reason, the messages not moved visible again in `source`. `wait_seconds` is the receive's
-    long poll: a queue whose short poll can miss messages (SQS) needs it to tell empty from
-    unlucky.
+    Receives a batch, sends it on with body, attributes and group id (`resend`), and deletes
+    from `source` only the entries whose send was confirmed. An entry that fails makes the move
+    stop FAILED with its reason, the messages not moved visible again in `source`.
+    `wait_seconds` is the receive's long poll: a queue whose short poll can miss messages (SQS)
+    needs it to tell empty from unlucky.
 
     Raises:
-        ConfigError: a rate out of range, or `source` as its own destination.
+        ConfigError: a rate out of range, `source` as its own destination, or a FIFO queue and
+            a standard one.
     """
     if max_per_second is not None:
         check_range("max_per_second", max_per_second, 1, MAX_MOVE_RATE)
     if source.name == destination.name:
         raise ConfigError(f"queue {source.name!r} cannot be moved into itself", queue=source.name)
+    into_fifo = check_same_kind(source, destination)
     batch = MAX_BATCH if max_per_second is None else min(MAX_BATCH, max_per_second)
     started = time.monotonic()
     moved = 0
@@ -337,10 +511,7 @@ def move_messages(
                 # Paced before each send: `moved` messages may have gone by now, no more.
                 time.sleep(max(0.0, started + moved / max_per_second - time.monotonic()))
             result = destination.send_batch(
-                [
-                    OutgoingMessage(m.body, m.attributes, entry_id=str(i))
-                    for i, m in enumerate(chunk)
-                ]
+                [resend(m, str(i), into_fifo=into_fifo) for i, m in enumerate(chunk)]
             )
             for i, message in enumerate(chunk):
                 if str(i) in result.sent:

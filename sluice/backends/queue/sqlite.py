@@ -5,6 +5,12 @@ a fresh receipt handle, which is what makes every older handle of that message s
 messages (older than the queue's retention) are filtered out by timestamp everywhere and deleted
 when a send or receive passes by.
 
+A FIFO queue receives oldest first among the groups that have no message in flight, so the
+messages of a group come in the order they were sent. Its deduplication window is a table of
+the deduplication ids sent in the last five minutes, kept through deletes and purges as on SQS.
+As on SQS, a message moved to a FIFO dead-letter queue takes its message id as its
+deduplication id, so two messages that shared one can both be kept there.
+
 Where this differs from SQS: a stale or unknown receipt handle raises `ReceiptHandleInvalid`
 (SQS accepts it and leaves the message in place); delivery is strictly oldest first (SQS: best
 effort); there is no per-message delay, so `delayed` is always 0; a message moved to the
@@ -14,6 +20,7 @@ dead-letter queue restarts its receive count (SQS keeps counting); a DLQ move ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -23,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sluice.backends.queue.base import (
+    DEDUPLICATION_WINDOW_SECONDS,
     MAX_BATCH,
     MAX_RECEIVE_COUNT,
     MAX_RETENTION_SECONDS,
@@ -36,7 +44,9 @@ from sluice.backends.queue.base import (
     RedrivePolicy,
     SendBatchResult,
     batch_entry_ids,
-    check_name,
+    check_fifo_message,
+    check_fifo_settings,
+    check_queue_name,
     check_range,
     move_messages,
     validate_message,
@@ -65,14 +75,47 @@ CREATE TABLE IF NOT EXISTS queue_messages (
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt_handle TEXT UNIQUE
 );
-CREATE INDEX IF NOT EXISTS queue_messages_by_age ON queue_messages (queue, sent_at, visible_at)
+CREATE INDEX IF NOT EXISTS queue_messages_by_age ON queue_messages (queue, sent_at, visible_at);
+CREATE TABLE IF NOT EXISTS queue_deduplication (
+    queue TEXT NOT NULL,
+    deduplication_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (queue, deduplication_id)
+)
 """
 
+# The columns FIFO queues brought: added where missing, so a database made before them opens.
+_ADDED_COLUMNS = {
+    "queues": (
+        "fifo INTEGER NOT NULL DEFAULT 0",
+        "content_based_deduplication INTEGER NOT NULL DEFAULT 0",
+    ),
+    "queue_messages": ("group_id TEXT", "deduplication_id TEXT"),
+}
+# Finds a group's messages in flight; standard queues' messages have no group, so no entry.
+_GROUP_INDEX = """
+CREATE INDEX IF NOT EXISTS queue_messages_by_group ON queue_messages (queue, group_id, visible_at)
+WHERE group_id IS NOT NULL
+"""
+
+_COLUMNS = "seq, message_id, body, attributes, sent_at, receive_count, group_id, deduplication_id"
 # The index holds (queue, sent_at, visible_at, seq): receiving scans it oldest first (sorting only
 # messages sent in the same instant), counting and expiring read nothing else.
-_SELECT_VISIBLE = """
-SELECT seq, message_id, body, attributes, sent_at, receive_count FROM queue_messages
-WHERE queue = ? AND sent_at >= ? AND visible_at <= ? ORDER BY sent_at, seq LIMIT ?
+_SELECT_VISIBLE = f"""
+SELECT {_COLUMNS} FROM queue_messages
+WHERE queue = :queue AND sent_at >= :cutoff AND visible_at <= :now
+ORDER BY sent_at, seq LIMIT :limit
+"""
+# FIFO: in send order (seq), skipping every group with a message in flight.
+_SELECT_VISIBLE_FIFO = f"""
+SELECT {_COLUMNS} FROM queue_messages AS m
+WHERE queue = :queue AND sent_at >= :cutoff AND visible_at <= :now AND NOT EXISTS (
+    SELECT 1 FROM queue_messages AS busy
+    WHERE busy.queue = m.queue AND busy.group_id = m.group_id
+    AND busy.visible_at > :now AND busy.sent_at >= :cutoff
+)
+ORDER BY seq LIMIT :limit
 """
 
 
@@ -82,15 +125,18 @@ class SqliteQueueFactory:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = SqliteDb(path, SCHEMA)
+        _add_missing_columns(self._db)
 
     def create(self, name: str, settings: QueueSettings) -> SqliteQueue:
         """Create a queue, or update the settings of an existing one (idempotent).
 
         Raises:
-            ConfigError: a bad name or setting, or a queue naming itself as its dead-letter queue.
+            ConfigError: a bad name or setting (`check_fifo_settings`), or a queue naming itself
+                as its dead-letter queue.
             QueueNotFound: the redrive policy names a queue that does not exist.
         """
-        check_name("queue name", name)
+        check_queue_name(name)
+        check_fifo_settings(name, settings)
         check_range(
             "visibility_timeout_seconds",
             settings.visibility_timeout_seconds,
@@ -106,20 +152,25 @@ class SqliteQueueFactory:
         with self._db.write() as conn:
             if policy is not None:
                 _load_settings(conn, policy.dead_letter_queue)
+            # `fifo` follows the name, so an update never changes it.
             conn.execute(
                 "INSERT INTO queues (name, visibility_timeout, retention_seconds,"
-                " dead_letter_queue, max_receive_count) VALUES (?, ?, ?, ?, ?)"
+                " dead_letter_queue, max_receive_count, fifo, content_based_deduplication)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET"
                 " visibility_timeout = excluded.visibility_timeout,"
                 " retention_seconds = excluded.retention_seconds,"
                 " dead_letter_queue = excluded.dead_letter_queue,"
-                " max_receive_count = excluded.max_receive_count",
+                " max_receive_count = excluded.max_receive_count,"
+                " content_based_deduplication = excluded.content_based_deduplication",
                 (
                     name,
                     settings.visibility_timeout_seconds,
                     settings.retention_seconds,
                     policy.dead_letter_queue if policy else None,
                     policy.max_receive_count if policy else None,
+                    settings.fifo,
+                    settings.content_based_deduplication,
                 ),
             )
         return SqliteQueue(self._db, name)
@@ -170,17 +221,29 @@ class SqliteQueue:
         self._db = db
         self.name = name
 
-    def send(self, body: str, attributes: Mapping[str, str] | None = None) -> str:
-        """Send one message; returns its message id.
+    def send(
+        self,
+        body: str,
+        attributes: Mapping[str, str] | None = None,
+        *,
+        group_id: str | None = None,
+        deduplication_id: str | None = None,
+    ) -> str:
+        """Send one message; returns its message id (on a FIFO queue, a duplicate's is the id
+        of the message it duplicates).
 
         Raises:
-            ConfigError: an empty or oversized body, or bad attributes.
+            ConfigError: an empty or oversized body, bad attributes, or ids the queue's type
+                refuses.
         """
-        outgoing = OutgoingMessage(body, dict(attributes or {}))
+        outgoing = OutgoingMessage(
+            body, dict(attributes or {}), group_id=group_id, deduplication_id=deduplication_id
+        )
         validate_message(outgoing)
-        message_id = str(uuid.uuid4())
         with self._db.write() as conn:
-            self._insert(conn, [(message_id, outgoing)])
+            settings = _load_settings(conn, self.name)
+            self._check_type(outgoing, settings)
+            [message_id] = self._insert(conn, settings, [outgoing])
         return message_id
 
     def send_batch(self, entries: Sequence[OutgoingMessage]) -> SendBatchResult:
@@ -193,18 +256,18 @@ class SqliteQueue:
         ids = batch_entry_ids(self.name, entries)
         failed: dict[str, str] = {}
         valid: dict[str, OutgoingMessage] = {}
-        for entry_id, entry in zip(ids, entries, strict=True):
-            try:
-                validate_message(entry)
-            except ConfigError as exc:
-                failed[entry_id] = exc.message
-            else:
-                valid[entry_id] = entry
-        sent = {entry_id: str(uuid.uuid4()) for entry_id in valid}
-        if valid:
-            with self._db.write() as conn:
-                self._insert(conn, [(sent[entry_id], entry) for entry_id, entry in valid.items()])
-        return SendBatchResult(sent=sent, failed=failed)
+        with self._db.write() as conn:
+            settings = _load_settings(conn, self.name)
+            for entry_id, entry in zip(ids, entries, strict=True):
+                try:
+                    validate_message(entry)
+                    self._check_type(entry, settings)
+                except ConfigError as exc:
+                    failed[entry_id] = exc.message
+                else:
+                    valid[entry_id] = entry
+            message_ids = self._insert(conn, settings, list(valid.values()))
+        return SendBatchResult(sent=dict(zip(valid, message_ids, strict=True)), failed=failed)
 
     def receive(
         self,
@@ -283,29 +346,78 @@ class SqliteQueue:
         with self._db.write() as conn:
             conn.execute("DELETE FROM queue_messages WHERE queue = ?", (self.name,))
 
+    def _check_type(self, message: OutgoingMessage, settings: QueueSettings) -> None:
+        check_fifo_message(
+            self.name,
+            message,
+            fifo=settings.fifo,
+            content_based_deduplication=settings.content_based_deduplication,
+        )
+
     def _insert(
-        self, conn: sqlite3.Connection, messages: Sequence[tuple[str, OutgoingMessage]]
-    ) -> None:
-        settings = _load_settings(conn, self.name)
+        self,
+        conn: sqlite3.Connection,
+        settings: QueueSettings,
+        messages: Sequence[OutgoingMessage],
+    ) -> list[str]:
+        """Insert checked messages; returns their ids, on a FIFO queue a duplicate's being the
+        id of the message it duplicates (which is not inserted again)."""
         now = time.time()
         self._drop_expired(conn, now - settings.retention_seconds)
-        conn.executemany(
-            "INSERT INTO queue_messages (queue, message_id, body, attributes, sent_at, visible_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (self.name, message_id, m.body, json.dumps(dict(m.attributes)), now, now)
-                for message_id, m in messages
-            ],
-        )
+        if settings.fifo:
+            conn.execute(
+                "DELETE FROM queue_deduplication WHERE queue = ? AND sent_at < ?",
+                (self.name, now - DEDUPLICATION_WINDOW_SECONDS),
+            )
+        ids: list[str] = []
+        for message in messages:
+            key = _deduplication_key(message, settings)
+            first = None if key is None else self._deduplicated_as(conn, key)
+            if first is not None:
+                ids.append(first)
+                continue
+            message_id = str(uuid.uuid4())
+            conn.execute(
+                "INSERT INTO queue_messages (queue, message_id, body, attributes, sent_at,"
+                " visible_at, group_id, deduplication_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.name,
+                    message_id,
+                    message.body,
+                    json.dumps(dict(message.attributes)),
+                    now,
+                    now,
+                    message.group_id,
+                    key,
+                ),
+            )
+            if key is not None:
+                conn.execute(
+                    "INSERT INTO queue_deduplication VALUES (?, ?, ?, ?)",
+                    (self.name, key, message_id, now),
+                )
+            ids.append(message_id)
+        return ids
+
+    def _deduplicated_as(self, conn: sqlite3.Connection, key: str) -> str | None:
+        """The id of the message sent with deduplication id `key` within the window, if any."""
+        rows = conn.execute(
+            "SELECT message_id FROM queue_deduplication WHERE queue = ? AND deduplication_id = ?",
+            (self.name, key),
+        ).fetchall()
+        return str(rows[0]["message_id"]) if rows else None
+
+    def _select_visible(
+        self, conn: sqlite3.Connection, settings: QueueSettings, now: float, limit: int
+    ) -> list[sqlite3.Row]:
+        query = _SELECT_VISIBLE_FIFO if settings.fifo else _SELECT_VISIBLE
+        cutoff = now - settings.retention_seconds
+        params = {"queue": self.name, "cutoff": cutoff, "now": now, "limit": limit}
+        return conn.execute(query, params).fetchall()
 
     def _any_visible(self) -> bool:
         conn = self._db.read()
-        settings = _load_settings(conn, self.name)
-        now = time.time()
-        rows = conn.execute(
-            _SELECT_VISIBLE, (self.name, now - settings.retention_seconds, now, 1)
-        ).fetchall()
-        return bool(rows)
+        return bool(self._select_visible(conn, _load_settings(conn, self.name), time.time(), 1))
 
     def _receive_now(self, max_messages: int, visibility_timeout: int | None) -> list[Message]:
         # Select and update in one BEGIN IMMEDIATE transaction: no other process can pick the
@@ -316,27 +428,32 @@ class SqliteQueue:
             default = settings.visibility_timeout_seconds
             timeout = default if visibility_timeout is None else visibility_timeout
             now = time.time()
-            cutoff = now - settings.retention_seconds
-            self._drop_expired(conn, cutoff)
+            self._drop_expired(conn, now - settings.retention_seconds)
             received: list[Message] = []
             taken: set[int] = set()
             # Loops again only when messages moved to the dead-letter queue left room; with a
             # zero timeout the messages taken stay visible, so they are skipped by seq.
             while len(received) < max_messages:
                 need = max_messages - len(received)
-                limit = need + len(taken)
-                fetched = conn.execute(_SELECT_VISIBLE, (self.name, cutoff, now, limit))
-                rows = [row for row in fetched.fetchall() if row["seq"] not in taken][:need]
+                fetched = self._select_visible(conn, settings, now, need + len(taken))
+                rows = [row for row in fetched if row["seq"] not in taken][:need]
                 if not rows:
                     break
                 for row in rows:
                     if policy is not None and row["receive_count"] >= policy.max_receive_count:
-                        # As on SQS the message keeps its id, body, attributes and sent time (so
-                        # the DLQ's retention counts from the first send); its count restarts.
+                        # As on SQS the message keeps its id, body, attributes, group and sent
+                        # time (so the DLQ's retention counts from the first send); its count
+                        # restarts, and on a FIFO queue its id becomes its deduplication id.
                         conn.execute(
                             "UPDATE queue_messages SET queue = ?, visible_at = ?,"
-                            " receive_count = 0, receipt_handle = NULL WHERE seq = ?",
-                            (policy.dead_letter_queue, now, row["seq"]),
+                            " receive_count = 0, receipt_handle = NULL,"
+                            " deduplication_id = ? WHERE seq = ?",
+                            (
+                                policy.dead_letter_queue,
+                                now,
+                                row["message_id"] if settings.fifo else None,
+                                row["seq"],
+                            ),
                         )
                         continue
                     handle = uuid.uuid4().hex
@@ -355,6 +472,8 @@ class SqliteQueue:
                             receipt_handle=handle,
                             receive_count=count,
                             sent_at=datetime.fromtimestamp(row["sent_at"], UTC),
+                            group_id=row["group_id"],
+                            deduplication_id=row["deduplication_id"],
                         )
                     )
             return received
@@ -381,4 +500,25 @@ def _load_settings(conn: sqlite3.Connection, name: str) -> QueueSettings:
         visibility_timeout_seconds=row["visibility_timeout"],
         retention_seconds=row["retention_seconds"],
         redrive_policy=policy,
+        fifo=bool(row["fifo"]),
+        content_based_deduplication=bool(row["content_based_deduplication"]),
     )
+
+
+def _deduplication_key(message: OutgoingMessage, settings: QueueSettings) -> str | None:
+    """The id a FIFO queue deduplicates `message` by (None on a standard queue): the one given,
+    else (content-based deduplication) the SHA-256 of the body, as SQS computes it."""
+    if not settings.fifo:
+        return None
+    return message.deduplication_id or hashlib.sha256(message.body.encode()).hexdigest()
+
+
+def _add_missing_columns(db: SqliteDb) -> None:
+    # One write transaction: two processes opening an old database add each column once.
+    with db.write() as conn:
+        for table, columns in _ADDED_COLUMNS.items():
+            present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        conn.execute(_GROUP_INDEX)

@@ -10,6 +10,9 @@ Where this differs from the embedded queue:
   message's age only as the CloudWatch metric ApproximateAgeOfOldestMessage.
 - Retention is 60 s to 14 days; a message moved to the DLQ keeps its receive count.
 - Only String attributes are read back (sluice sends no other kind).
+- FIFO: which messages a receive returns and in what order across groups is SQS's choice;
+  whether a queue deduplicates by content is read once per `SqsQueue` (when a message without a
+  deduplication id needs to know), so a change made since is caught by SQS's refusal instead.
 - The DLQ move is SQS's message-move task, which runs in the background. Endpoints without it
   (the moto server answers a bare HTTP 500) get the receive/send/delete loop of `move_messages`.
 """
@@ -45,8 +48,12 @@ from sluice.backends.queue.base import (
     RedrivePolicy,
     SendBatchResult,
     batch_entry_ids,
-    check_name,
+    check_fifo_message,
+    check_fifo_settings,
+    check_queue_name,
     check_range,
+    check_same_kind,
+    is_fifo,
     move_messages,
     validate_message,
 )
@@ -89,11 +96,12 @@ class SqsQueueFactory:
         """Create a queue, or update the settings of an existing one (idempotent).
 
         Raises:
-            ConfigError: a bad name or setting (retention under 60 s), or a queue naming itself
-                as its dead-letter queue.
+            ConfigError: a bad name or setting (retention under 60 s, `check_fifo_settings`),
+                or a queue naming itself as its dead-letter queue.
             QueueNotFound: the redrive policy names a queue that does not exist.
         """
-        check_name("queue name", name)
+        check_queue_name(name)
+        check_fifo_settings(name, settings)
         visibility = settings.visibility_timeout_seconds
         check_range("visibility_timeout_seconds", visibility, 0, MAX_VISIBILITY_SECONDS)
         retention = settings.retention_seconds
@@ -102,6 +110,11 @@ class SqsQueueFactory:
             "VisibilityTimeout": str(visibility),
             "MessageRetentionPeriod": str(retention),
         }
+        if settings.fifo:
+            # SQS refuses both attributes on a standard queue, even as "false".
+            attributes["FifoQueue"] = "true"
+            by_content = settings.content_based_deduplication
+            attributes["ContentBasedDeduplication"] = "true" if by_content else "false"
         policy = settings.redrive_policy
         if policy is not None:
             check_range("max_receive_count", policy.max_receive_count, 1, MAX_RECEIVE_COUNT)
@@ -120,9 +133,11 @@ class SqsQueueFactory:
             except ClientError as exc:
                 if not _codes(exc) & _ALREADY_EXISTS:
                     raise
-                # CreateQueue refuses an existing name with other values: update them instead.
+                # CreateQueue refuses an existing name with other values: update them instead
+                # (all but FifoQueue, which a queue keeps for life).
                 url = self._client.get_queue_url(QueueName=name)["QueueUrl"]
                 update = {**update, **attributes}
+                update.pop("FifoQueue", None)
             if update:
                 self._client.set_queue_attributes(QueueUrl=url, Attributes=update)
         return SqsQueue(self._client, name, url)
@@ -153,6 +168,8 @@ class SqsQueueFactory:
         target = None if destination is None else self.open(destination)
         if target is not None and target.url == source.url:
             raise ConfigError(f"queue {source.name!r} cannot be moved into itself")
+        if target is not None:
+            check_same_kind(source, target)
         handle = self._start_move_task(source, target, max_per_second)
         if handle is not None:
             named = None if target is None else target.name
@@ -227,9 +244,23 @@ class SqsQueue:
     def arn(self) -> str:
         return self._attributes("QueueArn")["QueueArn"]
 
-    def send(self, body: str, attributes: Mapping[str, str] | None = None) -> str:
-        message = OutgoingMessage(body, dict(attributes or {}))
-        validate_message(message)
+    @cached_property
+    def _content_based_deduplication(self) -> bool:
+        return self._attributes("ContentBasedDeduplication")["ContentBasedDeduplication"] == "true"
+
+    def send(
+        self,
+        body: str,
+        attributes: Mapping[str, str] | None = None,
+        *,
+        group_id: str | None = None,
+        deduplication_id: str | None = None,
+    ) -> str:
+        """The id of a duplicate sent to a FIFO queue is SQS's (moto: a new one each time)."""
+        message = OutgoingMessage(
+            body, dict(attributes or {}), group_id=group_id, deduplication_id=deduplication_id
+        )
+        self._check(message)
         with _sqs_errors(self.name):
             answer = self._client.send_message(QueueUrl=self.url, **_entry(message))
         return str(answer["MessageId"])
@@ -241,7 +272,7 @@ class SqsQueue:
         request: list[dict[str, Any]] = []
         for entry_id, entry in zip(ids, entries, strict=True):
             try:
-                validate_message(entry)
+                self._check(entry)
             except ConfigError as exc:
                 failed[entry_id] = exc.message
             else:
@@ -271,7 +302,12 @@ class SqsQueue:
             "QueueUrl": self.url,
             "MaxNumberOfMessages": max_messages,
             "WaitTimeSeconds": math.ceil(wait_seconds),
-            "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+            "MessageSystemAttributeNames": [
+                "ApproximateReceiveCount",
+                "SentTimestamp",
+                "MessageGroupId",
+                "MessageDeduplicationId",
+            ],
             "MessageAttributeNames": ["All"],
         }
         if visibility_timeout is not None:
@@ -305,8 +341,11 @@ class SqsQueue:
         return QueueCounts(visible, in_flight, delayed, oldest_age_seconds=None)
 
     def settings(self) -> QueueSettings:
+        fifo = is_fifo(self.name)
+        # A standard queue answers InvalidAttributeName when asked for a FIFO attribute.
+        fifo_names = ("ContentBasedDeduplication",) if fifo else ()
         attributes = self._attributes(
-            "VisibilityTimeout", "MessageRetentionPeriod", "RedrivePolicy"
+            "VisibilityTimeout", "MessageRetentionPeriod", "RedrivePolicy", *fifo_names
         )
         policy = None
         if attributes.get("RedrivePolicy"):
@@ -318,6 +357,8 @@ class SqsQueue:
             visibility_timeout_seconds=int(attributes["VisibilityTimeout"]),
             retention_seconds=int(attributes["MessageRetentionPeriod"]),
             redrive_policy=policy,
+            fifo=fifo,
+            content_based_deduplication=attributes.get("ContentBasedDeduplication") == "true",
         )
 
     def purge(self) -> None:
@@ -325,6 +366,13 @@ class SqsQueue:
         TransientError: the queue was purged less than 60 seconds ago."""
         with _sqs_errors(self.name):
             self._client.purge_queue(QueueUrl=self.url)
+
+    def _check(self, message: OutgoingMessage) -> None:
+        validate_message(message)
+        fifo = is_fifo(self.name)
+        # Asked (once) only when it decides: a FIFO message without a deduplication id.
+        by_content = fifo and message.deduplication_id is None and self._content_based_deduplication
+        check_fifo_message(self.name, message, fifo=fifo, content_based_deduplication=by_content)
 
     def _attributes(self, *names: str) -> dict[str, str]:
         with _sqs_errors(self.name):
@@ -334,6 +382,10 @@ class SqsQueue:
 
 def _entry(message: OutgoingMessage) -> dict[str, Any]:
     entry: dict[str, Any] = {"MessageBody": message.body}
+    if message.group_id is not None:
+        entry["MessageGroupId"] = message.group_id
+    if message.deduplication_id is not None:
+        entry["MessageDeduplicationId"] = message.deduplication_id
     if message.attributes:
         entry["MessageAttributes"] = {
             key: {"DataType": "String", "StringValue": value}
@@ -355,6 +407,8 @@ def _message(raw: dict[str, Any]) -> Message:
         receipt_handle=raw["ReceiptHandle"],
         receive_count=int(system.get("ApproximateReceiveCount", 1)),
         sent_at=datetime.fromtimestamp(int(system.get("SentTimestamp", 0)) / 1000, UTC),
+        group_id=system.get("MessageGroupId"),
+        deduplication_id=system.get("MessageDeduplicationId"),
     )
 
 

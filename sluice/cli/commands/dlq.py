@@ -98,20 +98,15 @@ def list_(
         print_json(listing)
         return
     table = Table(title=f"dead letters in {listing.queue}", title_justify="left")
-    for column in (
-        "message id",
-        "kind",
-        "source object",
-        "correlation id",
-        "receives",
-        "age",
-        "expires in",
-        "reason",
-    ):
+    # A FIFO DLQ's messages have group ids: a column for them, before the (long) reason.
+    fifo = any(m.group_id is not None for m in listing.messages)
+    columns = ["message id", "kind", "source object", "correlation id", "receives", "age"]
+    columns += ["expires in", *(["group id"] if fifo else []), "reason"]
+    for column in columns:
         right = column in ("receives", "age", "expires in")
         table.add_column(column, overflow="fold", justify="right" if right else "left")
     for m in listing.messages:
-        table.add_row(
+        cells = [
             escape(m.message_id),
             escape(m.kind or "?"),
             escape(", ".join(m.sources) or "-"),
@@ -119,8 +114,9 @@ def list_(
             str(m.receive_count),
             format_duration(m.age_seconds),
             format_duration(m.expires_in_seconds),
-            escape(_short(m.reason, m.sources)),
-        )
+        ]
+        cells += [escape(m.group_id or "-")] if fifo else []
+        table.add_row(*cells, escape(_short(m.reason, m.sources)))
     console.print(table)
     shown = len(listing.messages)
     console.print(f"{shown} of {listing.queue_visible} visible message(s) shown")
@@ -152,6 +148,8 @@ def inspect(
         ("kind", m.kind or "?"),
         ("source objects", ", ".join(m.sources) or "-"),
         ("receives", m.receive_count),
+        *([("group id", m.group_id)] if m.group_id is not None else []),
+        *([("deduplication id", m.deduplication_id)] if m.deduplication_id is not None else []),
         ("age", format_duration(m.age_seconds)),
         ("expires in", format_duration(m.expires_in_seconds)),
         ("valid", "yes" if v.valid else f"no: {v.reason}"),
@@ -253,9 +251,10 @@ def redrive(
     yes: Yes = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Move one valid message back to its source queue (body and attributes kept).
+    """Move one valid message back to its source queue (body, attributes and group id kept).
 
-    A message that is invalid, or has no correlation_id attribute, is refused and stays.
+    A message that is invalid, or has no correlation_id attribute, is refused and stays. A FIFO
+    DLQ's messages go only to a FIFO queue, a standard DLQ's only to a standard one.
     """
     from sluice.ops.dlq import redrive_message
 
@@ -286,8 +285,9 @@ def redrive_all_(
 ) -> None:
     """Move the valid messages back to the source queue; invalid ones stay, listed with why.
 
-    A message leaves the DLQ only after its send is confirmed. Fix the cause first (see
-    `sluice dlq explain`): a message that fails the same way comes back to the DLQ.
+    A message leaves the DLQ only after its send is confirmed; on FIFO queues it keeps its
+    group id. Fix the cause first (see `sluice dlq explain`): a message that fails the same way
+    comes back to the DLQ.
     """
     from sluice.ops.dlq import redrive_all
 
@@ -358,7 +358,8 @@ def restore(
     """Send every message of a backup to a queue (default: the DLQ), with its attributes.
 
     Every line's checksum is checked before anything is sent. Restoring a backup twice sends
-    its messages twice.
+    its messages twice (to a FIFO queue within 5 minutes: once). A FIFO queue's backup, whose
+    messages keep their group ids, goes back only to a FIFO queue.
     """
     from sluice.ops.dlq import restore as run
 

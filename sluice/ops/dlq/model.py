@@ -183,6 +183,9 @@ class DlqMessage:
     category: Category
     reason: str  # the ledger's error, or why the message itself is invalid
     failure: FailureEvent | None = None
+    # FIFO queues only.
+    group_id: str | None = None
+    deduplication_id: str | None = None
 
 
 def describe(
@@ -210,6 +213,8 @@ def describe(
         category=category,
         reason=reason,
         failure=failure,
+        group_id=message.group_id,
+        deduplication_id=message.deduplication_id,
     )
     return view, history
 

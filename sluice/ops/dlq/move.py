@@ -1,10 +1,13 @@
 """`redrive` and `redrive-all`: valid DLQ messages back to their source queue.
 
-Only valid messages move (`sluice.ops.dlq.model.validate_message`); each keeps its body and
-every attribute. A message leaves the DLQ only after the target confirmed its send: a failed
-send leaves it where it was (visible again at the end), so a message is never lost, and a
-message is never both moved and kept unless the delete after a confirmed send fails (reported
-in `failed`: the worker's ledger then finds the second copy already completed).
+Only valid messages move (`sluice.ops.dlq.model.validate_message`); each keeps its body, every
+attribute and, between FIFO queues, its group id (`sluice.backends.queue.base.resend`). A FIFO
+DLQ is redriven only into a FIFO queue, a standard one only into a standard queue.
+
+A message leaves the DLQ only after the target confirmed its send: a failed send leaves it
+where it was (visible again at the end), so a message is never lost, and a message is never
+both moved and kept unless the delete after a confirmed send fails (reported in `failed`: the
+worker's ledger then finds the second copy already completed).
 
 The service's own move task (`QueueFactory.start_message_move`) is not used: it moves every
 message, valid or not, and cannot refuse one without a correlation id.
@@ -24,7 +27,10 @@ from sluice.backends.queue.base import (
     Message,
     OutgoingMessage,
     Queue,
+    check_same_kind,
+    is_fifo,
     message_size,
+    resend,
 )
 from sluice.env import Env
 from sluice.errors import ConfigError, SluiceError
@@ -71,7 +77,8 @@ def redrive_all(
     invalid ones stay, listed with why.
 
     Raises:
-        ConfigError: no target, `max_messages` or `rate` out of range.
+        ConfigError: no target, a FIFO queue and a standard one, `max_messages` or `rate` out of
+            range (nothing moved).
         ProtectedEnvironment: a protected environment without `yes` (nothing moved).
     """
     if not 1 <= max_messages <= MAX_REDRIVE_BATCH:
@@ -104,7 +111,8 @@ def redrive_message(
     """Move one message, found by reading the DLQ in batches of 10 (the others stay).
 
     Raises:
-        ConfigError: no target, or no message with that id.
+        ConfigError: no target, a FIFO queue and a standard one (nothing moved), or no message
+            with that id.
         ProtectedEnvironment: a protected environment without `yes` (nothing moved).
     """
     target = _target(env, pair)
@@ -125,12 +133,15 @@ def redrive_message(
 
 
 def _target(env: Env, pair: DlqPair) -> Queue:
+    """Raises:
+    ConfigError: no target, or a FIFO queue and a standard one."""
     if pair.target is None:
         raise ConfigError(
             f"which queue do the messages of {pair.dlq.name!r} go back to?",
             hint=f"{command_prefix(env)} dlq redrive-all --dlq-url {pair.dlq.name}"
             " --target-url SOURCE_QUEUE",
         )
+    check_same_kind(pair.dlq, pair.target)
     return pair.target
 
 
@@ -186,7 +197,8 @@ def _redrive(
 
 def _send(held: Held, target: Queue, chunk: Sequence[Message], result: RedriveResult) -> bool:
     """Send `chunk`, delete each confirmed one from the DLQ; False when the request failed."""
-    entries = [OutgoingMessage(m.body, m.attributes, entry_id=str(i)) for i, m in enumerate(chunk)]
+    into_fifo = is_fifo(target.name)
+    entries = [resend(m, str(i), into_fifo=into_fifo) for i, m in enumerate(chunk)]
     try:
         answer = target.send_batch(entries)
     except SluiceError as exc:

@@ -3,6 +3,11 @@
 Every read holds what it received invisible while it reads on (so the next receive returns
 new messages, not the same ones again), then makes all of it visible again at once: the queue
 ends as it began, except that each message read counts one more receive (reported as the cost).
+
+A FIFO queue hands out no message of a group while another of it is held, so a read without
+consuming sees of each group only what the first receive reaching it returned (up to 10
+messages): `list`, `inspect` and `explain` see no deeper into a group. `redrive-all` and `purge`
+delete as they go, which lets them read on.
 """
 
 from __future__ import annotations
