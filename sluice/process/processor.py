@@ -34,7 +34,7 @@ from sluice.process.parse import MAX_LINE_BYTES, LineRejected, fast_check, parse
 from sluice.process.quarantine import QuarantineWriter
 
 MISSING_ETAG = ""
-FAST_BATCH_LINES = 16_384
+FAST_BATCH_LINES = 65_536  # per DuckDB read, and per partition slice of every column
 
 
 class ProcessOutcome(StrEnum):
