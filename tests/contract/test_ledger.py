@@ -189,10 +189,18 @@ def out(key: str, rows: int = 10, table: str = "telemetry_lock_flat") -> Output:
     return Output("verified", key, table, "2025-11-24", "21", rows)
 
 
-OUTS = (out("telemetry_flat/type=lock/day=2025-11-24/hour=21/a.parquet"),
-        out("telemetry_flat/type=bridge/day=2025-11-24/hour=21/a.parquet", 3, "bridge"))
-COUNTS = Counts(lines=14, blank_lines=1, good_lines=12, quarantined_lines=1, rows=13,
-                quarantine_reasons={"missing envelope.device_id": 1})
+OUTS = (
+    out("telemetry_flat/type=lock/day=2025-11-24/hour=21/a.parquet"),
+    out("telemetry_flat/type=bridge/day=2025-11-24/hour=21/a.parquet", 3, "bridge"),
+)
+COUNTS = Counts(
+    lines=14,
+    blank_lines=1,
+    good_lines=12,
+    quarantined_lines=1,
+    rows=13,
+    quarantine_reasons={"missing envelope.device_id": 1},
+)
 
 
 def claimed(ledger: Ledger, source: SourceRef = SRC, owner: str = "w1", **kw: Any) -> Claim:
@@ -216,7 +224,11 @@ def test_claim_complete_get(ledger: Ledger, clock: FakeClock) -> None:
     record = ledger.get(SRC.bucket, SRC.key)
     assert record is not None
     assert (record.status, record.owner, record.attempts, record.etag) == (
-        FileStatus.PROCESSING, "w1", 1, SRC.etag)
+        FileStatus.PROCESSING,
+        "w1",
+        1,
+        SRC.etag,
+    )
     assert record.lease_expires_at == claim.lease_expires_at
     assert record.outputs == () and record.counts is None and record.completed_at is None
 
@@ -279,8 +291,12 @@ def test_busy_while_another_lease_is_held(ledger: Ledger, clock: FakeClock) -> N
     claimed(ledger)
     before = ledger.get(SRC.bucket, SRC.key)
     clock.advance(LEASE - 0.001)
-    for source, owner, force in [(SRC, "w2", False), (SRC, "w2", True),
-                                 (SRC_CHANGED, "w2", False), (SRC, "w1", False)]:
+    for source, owner, force in [
+        (SRC, "w2", False),
+        (SRC, "w2", True),
+        (SRC_CHANGED, "w2", False),
+        (SRC, "w1", False),
+    ]:
         result = ledger.claim(source, owner, LEASE, force=force)
         assert result.outcome is ClaimOutcome.BUSY and result.claim is None
         assert result.record == before
@@ -360,12 +376,16 @@ def test_fail_keeps_outputs_and_history(ledger: Ledger, clock: FakeClock) -> Non
     claim = claimed(ledger, owner="w2", force=True)
     ledger.record_pending_outputs(claim, ["new.parquet"])
     clock.advance(2)
-    failed = ledger.fail(claim, "gzip: truncated", "CorruptObject", terminal=False,
-                         correlation_id="c-1")
+    failed = ledger.fail(
+        claim, "gzip: truncated", "CorruptObject", terminal=False, correlation_id="c-1"
+    )
     assert failed == ledger.get(SRC.bucket, SRC.key)
     assert failed.status is FileStatus.FAILED
     assert (failed.last_error, failed.error_class, failed.terminal) == (
-        "gzip: truncated", "CorruptObject", False)
+        "gzip: truncated",
+        "CorruptObject",
+        False,
+    )
     assert failed.attempts == 2 and failed.lease_expires_at is None
     assert failed.outputs == OUTS and failed.counts == COUNTS
     assert failed.pending_outputs == ("new.parquet",)
@@ -410,21 +430,26 @@ def test_redrive_id_processed_once(ledger: Ledger) -> None:
     other = claimed(ledger, owner="w2", force=True, redrive_id="r2")
     assert other.attempt == 3
     # REDRIVE_DONE is checked before BUSY.
-    assert ledger.claim(SRC, "w3", LEASE, force=True,
-                        redrive_id="r1").outcome is ClaimOutcome.REDRIVE_DONE
+    assert (
+        ledger.claim(SRC, "w3", LEASE, force=True, redrive_id="r1").outcome
+        is ClaimOutcome.REDRIVE_DONE
+    )
     ledger.fail(other, "boom", "BackendBusy", terminal=False)
     # A redrive that failed is not done: its redelivery claims again.
     retry = claimed(ledger, owner="w3", force=True, redrive_id="r2")
     ledger.complete(retry, OUTS, COUNTS, redrive_id="r2")
-    assert ledger.claim(SRC, "w4", LEASE, force=True,
-                        redrive_id="r2").outcome is ClaimOutcome.REDRIVE_DONE
+    assert (
+        ledger.claim(SRC, "w4", LEASE, force=True, redrive_id="r2").outcome
+        is ClaimOutcome.REDRIVE_DONE
+    )
 
 
 def test_redrive_id_is_done_per_object(ledger: Ledger) -> None:
     """One redrive run may send the same id with every object it redrives."""
     other = SourceRef("raw", "raw/other.gz", "e")
-    ledger.complete(claimed(ledger, force=True, redrive_id="run-1"), OUTS, COUNTS,
-                    redrive_id="run-1")
+    ledger.complete(
+        claimed(ledger, force=True, redrive_id="run-1"), OUTS, COUNTS, redrive_id="run-1"
+    )
     claim = claimed(ledger, other, force=True, redrive_id="run-1")
     ledger.complete(claim, OUTS, COUNTS, redrive_id="run-1")
     for source in (SRC, other):
@@ -442,8 +467,11 @@ def test_pending_outputs_persist_until_complete(ledger: Ledger, clock: FakeClock
     ledger.fail(claim, "boom", "OSError", terminal=False)
     retry = claimed(ledger, owner="w2")
     record = ledger.get(SRC.bucket, SRC.key)
-    assert record is not None and set(record.pending_outputs) == {"a.parquet", "b.parquet",
-                                                                  "c.parquet"}
+    assert record is not None and set(record.pending_outputs) == {
+        "a.parquet",
+        "b.parquet",
+        "c.parquet",
+    }
     done = ledger.complete(retry, OUTS, COUNTS)
     assert done.pending_outputs == ()
 
@@ -463,15 +491,14 @@ def test_reset(ledger: Ledger, clock: FakeClock) -> None:
     assert ledger.get(SRC.bucket, SRC.key) == record
     assert claimed(ledger, owner="w2").attempt == 3, "pending is claimable without force"
 
-    ledger.fail(ledger.extend(claimed(ledger, SourceRef("raw", "f", "e"), "w"), 1), "x", "E",
-                terminal=True)
+    ledger.fail(
+        ledger.extend(claimed(ledger, SourceRef("raw", "f", "e"), "w"), 1), "x", "E", terminal=True
+    )
     reset_failed = ledger.reset("raw", "f")
     assert reset_failed is not None and reset_failed.status is FileStatus.PENDING
 
 
-def test_forget_deletes_only_completed_records_old_enough(
-    ledger: Ledger, clock: FakeClock
-) -> None:
+def test_forget_deletes_only_completed_records_old_enough(ledger: Ledger, clock: FakeClock) -> None:
     # A completed record with a long history (failed attempts, a done redrive) and a receipt.
     for attempt in range(27):
         ledger.fail(claimed(ledger), "boom", "E", terminal=False, correlation_id=f"c{attempt}")
@@ -535,8 +562,10 @@ def test_list_by_status_age_and_limit(
     assert [r.key for r in ledger.list(status=FileStatus.FAILED)] == ["k1", "k4"]
     assert [r.key for r in ledger.list(status=FileStatus.PROCESSING)] == ["k5", "k2"]
     assert [r.key for r in ledger.list(updated_before=stamps["k3"])] == ["k0", "k1"]
-    assert [r.key for r in ledger.list(status=FileStatus.COMPLETED,
-                                       updated_before=stamps["k6"], limit=1)] == ["k0"]
+    assert [
+        r.key
+        for r in ledger.list(status=FileStatus.COMPLETED, updated_before=stamps["k6"], limit=1)
+    ] == ["k0"]
     assert [r.key for r in ledger.list(limit=5)] == ["k0", "k1", "k3", "k4", "k5"]
     assert list(ledger.list(limit=0)) == []
     assert list(ledger.list(status=FileStatus.PENDING)) == []
@@ -567,7 +596,7 @@ def test_many_receipts_iterate_fully(ledger: Ledger, monkeypatch: pytest.MonkeyP
 
 
 HOSTILE_KEYS = [
-    "it's \"quoted\"; DROP TABLE files; --",
+    'it\'s "quoted"; DROP TABLE files; --',
     "../../etc/passwd",
     "raw/./a/../b/..",
     "ключ/日本語/🚀/é\u0301",
@@ -580,7 +609,7 @@ HOSTILE_KEYS = [
 
 @pytest.mark.parametrize("key", HOSTILE_KEYS, ids=range(len(HOSTILE_KEYS)))
 def test_hostile_inputs_round_trip(ledger: Ledger, key: str) -> None:
-    source = SourceRef("raw", key, "\"it's\" an etag")
+    source = SourceRef("raw", key, '"it\'s" an etag')
     decoy = SourceRef("raw", key[:-1] + "_", '"decoy"')
     claimed(ledger, decoy)
     claim = claimed(ledger, source, owner="w'\"1")
@@ -592,8 +621,12 @@ def test_hostile_inputs_round_trip(ledger: Ledger, key: str) -> None:
     (event,) = ledger.failures("raw", key)
     assert (event.key, event.etag, event.correlation_id) == (key, source.etag, key)
     done = ledger.complete(claimed(ledger, source), outputs, COUNTS, redrive_id=key)
-    assert (done.key, done.etag, done.outputs, done.pending_outputs) == (key, source.etag,
-                                                                         outputs, ())
+    assert (done.key, done.etag, done.outputs, done.pending_outputs) == (
+        key,
+        source.etag,
+        outputs,
+        (),
+    )
     assert ledger.get("raw", key) == done
     assert ledger.claim(source, "w", LEASE, redrive_id=key).outcome is ClaimOutcome.REDRIVE_DONE
     assert {r.key for r in ledger.list()} == {key, decoy.key}

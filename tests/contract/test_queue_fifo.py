@@ -21,8 +21,8 @@ from sluice.backends.queue.base import (
     QueueFactory,
     QueueSettings,
     RedrivePolicy,
-    resend,
 )
+from sluice.backends.queue.move import resend
 from sluice.errors import ConfigError
 from tests.contract import test_queue as contract
 from tests.contract.test_queue import Impl, drain, finished, settings, unique

@@ -11,22 +11,19 @@ they were sent, and none of a group while another of it is in flight; a message 
 the deduplication id (or, with content-based deduplication, the body) of one sent in the last
 DEDUPLICATION_WINDOW_SECONDS is accepted but not enqueued again.
 
-The limits below are SQS's; every implementation checks them before sending, so what works on
-the embedded queue works on SQS. `move_messages` is the DLQ → source move written once over the
-interface, for backends without a service-side move task.
+The limits below are SQS's; every implementation checks them before sending
+(`sluice.backends.queue.checks`), so what works on the embedded queue works on SQS. The DLQ →
+source move for backends without a service-side move task is written once over the interface,
+in `sluice.backends.queue.move`.
 """
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
-
-from sluice.errors import BatchTooLarge, ConfigError
 
 MAX_BATCH = 10
 MAX_MESSAGE_BYTES = 256 * 1024  # body and attributes together; also the limit of a whole batch
@@ -38,15 +35,6 @@ MAX_RECEIVE_COUNT = 1000
 MAX_MOVE_RATE = 500  # messages per second of a message-move task
 DEDUPLICATION_WINDOW_SECONDS = 5 * 60
 FIFO_SUFFIX = ".fifo"
-
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")  # queue names and batch entry ids
-_FIFO_NAME = re.compile(r"[A-Za-z0-9_-]{1,75}\.fifo")  # the suffix counts in the 80
-# Group and deduplication ids: 1-128 letters, digits and ASCII punctuation (no spaces).
-_FIFO_ID = re.compile(r"[!-~]{1,128}")
-_ATTRIBUTE_NAME = re.compile(r"(?!\.)(?!.*\.\.)(?!.*\.$)[A-Za-z0-9_.-]{1,256}")
-_RESERVED_ATTRIBUTE_PREFIXES = ("aws.", "amazon.")
-# SQS refuses any character outside XML 1.0's Char production (and so do lone surrogates here).
-_INVALID_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 @dataclass(frozen=True)
@@ -153,7 +141,8 @@ class Queue(Protocol):
         the id returned for it is the first message's on the embedded queue, SQS's on SQS.
 
         Raises:
-            ConfigError: a message the queue refuses (`validate_message`, `check_fifo_message`).
+            ConfigError: a message the queue refuses (`checks.validate_message`,
+                `checks.check_fifo_message`).
         """
         ...
 
@@ -161,7 +150,8 @@ class Queue(Protocol):
         """Send up to MAX_BATCH messages in one request; per-entry failures are reported.
 
         Entries without an `entry_id` are numbered "0", "1", … in the result. An entry the queue
-        refuses (`validate_message`, `check_fifo_message`) is a failure of that entry only.
+        refuses (`checks.validate_message`, `checks.check_fifo_message`) is a failure of that
+        entry only.
 
         Raises:
             BatchTooLarge: more than MAX_BATCH entries.
@@ -217,7 +207,8 @@ class QueueFactory(Protocol):
         """Create a queue, or update the settings of an existing one (idempotent).
 
         Raises:
-            ConfigError: a bad name or setting (`check_queue_name`, `check_fifo_settings`).
+            ConfigError: a bad name or setting (`checks.check_queue_name`,
+                `checks.check_fifo_settings`).
             QueueNotFound: the redrive policy names a queue that does not exist.
         """
         ...
@@ -250,291 +241,3 @@ class QueueFactory(Protocol):
     def move_task_status(self, task: MoveTask) -> MoveTask:
         """The task as it stands now (a finished task is returned as it is)."""
         ...
-
-
-# Checks shared by every implementation ------------------------------------------------------
-
-
-def validate_message(message: OutgoingMessage) -> None:
-    """Raises:
-    ConfigError: an empty or oversized message, attributes SQS refuses, or a malformed group or
-        deduplication id."""
-    if not message.body:
-        raise ConfigError("a message body must not be empty")
-    if _INVALID_CHAR.search(message.body):
-        raise ConfigError("the message body holds characters SQS does not accept")
-    if len(message.attributes) > MAX_ATTRIBUTES:
-        raise ConfigError(
-            f"{len(message.attributes)} attributes; a message carries at most {MAX_ATTRIBUTES}"
-        )
-    for key, value in message.attributes.items():
-        if not _ATTRIBUTE_NAME.fullmatch(key) or key.lower().startswith(
-            _RESERVED_ATTRIBUTE_PREFIXES
-        ):
-            raise ConfigError(f"attribute name {key!r} is not valid on SQS", attribute=key)
-        if not value or _INVALID_CHAR.search(value):
-            raise ConfigError(
-                f"attribute {key!r} must have a non-empty value of characters SQS accepts",
-                attribute=key,
-            )
-    size = message_size(message)
-    if size > MAX_MESSAGE_BYTES:
-        raise ConfigError(
-            f"the message is {size} bytes with its attributes; the limit is"
-            f" {MAX_MESSAGE_BYTES} (256 KiB): put large payloads in the object store",
-            size=size,
-        )
-    for what, fifo_id in (
-        ("group id", message.group_id),
-        ("deduplication id", message.deduplication_id),
-    ):
-        if fifo_id is not None and not _FIFO_ID.fullmatch(fifo_id):
-            shown = fifo_id if len(fifo_id) <= 40 else fifo_id[:40] + "…"
-            raise ConfigError(
-                f"a {what} must be 1-128 letters, digits or ASCII punctuation, not {shown!r}"
-                f" ({len(fifo_id)} characters)",
-                hint="SQS accepts a-z, A-Z, 0-9 and !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
-            )
-
-
-def check_fifo_message(
-    queue: str, message: OutgoingMessage, *, fifo: bool, content_based_deduplication: bool
-) -> None:
-    """Raises:
-    ConfigError: for a FIFO queue, a message without a group id, or without a deduplication id
-        where the queue does not deduplicate by content; for a standard queue, either id."""
-    if not fifo:
-        # SQS now takes a group id on a standard queue too, as a tenant for its fair queues,
-        # without any order. Refused here: a group id always means FIFO order, and a move never
-        # carries one into a queue that would drop that order silently.
-        if message.group_id is not None or message.deduplication_id is not None:
-            raise ConfigError(
-                f"queue {queue!r} is a standard queue, which takes no group or deduplication id",
-                hint=f"leave the ids out, or send to a FIFO queue (a name ending in {FIFO_SUFFIX})",
-                queue=queue,
-            )
-        return
-    if message.group_id is None:
-        raise ConfigError(
-            f"queue {queue!r} is a FIFO queue: every message needs a group id",
-            hint="pass a group id: the messages of one group are delivered in order, one at a time",
-            queue=queue,
-        )
-    if message.deduplication_id is None and not content_based_deduplication:
-        raise ConfigError(
-            f"FIFO queue {queue!r} does not deduplicate by content: every message needs a"
-            " deduplication id",
-            hint="pass a deduplication id (a send repeated within 5 minutes is not enqueued"
-            " again), or create the queue with content-based deduplication",
-            queue=queue,
-        )
-
-
-def batch_entry_ids(queue: str, entries: Sequence[OutgoingMessage]) -> list[str]:
-    """The entry id of each entry ("0", "1", … where none is given), once the batch is checked.
-
-    Raises:
-        BatchTooLarge: more than MAX_BATCH entries, or more than MAX_MESSAGE_BYTES in all.
-        ConfigError: no entries, or entry ids that are malformed or not distinct.
-    """
-    if not entries:
-        raise ConfigError("a batch needs at least one entry", queue=queue)
-    if len(entries) > MAX_BATCH:
-        raise BatchTooLarge(
-            f"{len(entries)} entries in one batch; the limit is {MAX_BATCH}",
-            queue=queue,
-            entries=len(entries),
-        )
-    ids = [entry.entry_id or str(i) for i, entry in enumerate(entries)]
-    for entry_id in ids:
-        check_name("batch entry id", entry_id)
-    if len(set(ids)) != len(ids):
-        raise ConfigError("batch entry ids are not distinct", queue=queue, entry_ids=ids)
-    total = sum(message_size(entry) for entry in entries)
-    if total > MAX_MESSAGE_BYTES:
-        raise BatchTooLarge(
-            f"the batch holds {total} bytes; the limit is {MAX_MESSAGE_BYTES}",
-            queue=queue,
-            size=total,
-        )
-    return ids
-
-
-def message_size(message: OutgoingMessage) -> int:
-    parts = [message.body, *message.attributes.keys(), *message.attributes.values()]
-    return len("".join(parts).encode("utf-8", "surrogatepass"))
-
-
-def check_name(what: str, value: str) -> None:
-    """Raises:
-    ConfigError: not a valid batch entry id."""
-    if not _NAME.fullmatch(value):
-        raise ConfigError(f"{what} {value!r} must be 1-80 letters, digits, '-' or '_'")
-
-
-def check_queue_name(name: str) -> None:
-    """Raises:
-    ConfigError: not 1-80 letters, digits, '-' or '_' (or, for a FIFO queue, up to 75 of them
-        and ".fifo")."""
-    if not (_NAME.fullmatch(name) or _FIFO_NAME.fullmatch(name)):
-        raise ConfigError(
-            f"queue name {name!r} must be 1-80 letters, digits, '-' or '_'",
-            hint=f"a FIFO queue's name ends in {FIFO_SUFFIX}, which counts in the 80",
-        )
-
-
-def is_fifo(name: str) -> bool:
-    """Whether the queue of this name (or URL) is a FIFO queue: SQS ties the type to the name."""
-    return name.rstrip("/").endswith(FIFO_SUFFIX)
-
-
-def check_fifo_settings(name: str, settings: QueueSettings) -> None:
-    """Raises:
-    ConfigError: a FIFO queue whose name does not end in ".fifo" or the reverse, content-based
-        deduplication on a standard queue, or a dead-letter queue of the other type (SQS's
-        rules)."""
-    if settings.fifo and not is_fifo(name):
-        raise ConfigError(
-            f"FIFO queue {name!r} needs a name ending in {FIFO_SUFFIX}",
-            hint=f"rename it {name}{FIFO_SUFFIX}",
-            queue=name,
-        )
-    if is_fifo(name) and not settings.fifo:
-        raise ConfigError(
-            f"queue {name!r} ends in {FIFO_SUFFIX}, which only a FIFO queue's name does",
-            hint="create it with fifo=True, or drop the suffix for a standard queue",
-            queue=name,
-        )
-    if settings.content_based_deduplication and not settings.fifo:
-        raise ConfigError(f"queue {name!r}: only a FIFO queue deduplicates by content", queue=name)
-    policy = settings.redrive_policy
-    if policy is not None and is_fifo(policy.dead_letter_queue) != settings.fifo:
-        kind = "FIFO" if settings.fifo else "standard"
-        raise ConfigError(
-            f"the dead-letter queue of {kind} queue {name!r} must be {kind} too, not"
-            f" {policy.dead_letter_queue!r}",
-            hint="a FIFO queue's dead-letter queue is a FIFO queue, a standard queue's a standard"
-            " one",
-            queue=name,
-        )
-
-
-def check_same_kind(source: Queue, destination: Queue) -> bool:
-    """Whether a move from `source` goes into a FIFO queue.
-
-    Raises:
-        ConfigError: one queue is FIFO and the other standard (SQS moves only between queues
-            of one type: FIFO messages need their group ids, standard ones have none).
-    """
-    into_fifo = is_fifo(destination.name)
-    if is_fifo(source.name) != into_fifo:
-        kinds = ("FIFO", "standard") if into_fifo else ("standard", "FIFO")
-        raise ConfigError(
-            f"cannot move messages from {kinds[1]} queue {source.name!r} to {kinds[0]} queue"
-            f" {destination.name!r}",
-            hint="move between two FIFO queues or two standard queues",
-            source=source.name,
-            destination=destination.name,
-        )
-    return into_fifo
-
-
-def resend(message: Message, entry_id: str, *, into_fifo: bool) -> OutgoingMessage:
-    """`message` as a batch entry for the queue it moves to: body and attributes, and into a
-    FIFO queue its group id and a deduplication id."""
-    if not into_fifo:
-        return OutgoingMessage(message.body, message.attributes, entry_id=entry_id)
-    # The original deduplication id, else the message's own id: either is the same every time
-    # this message is moved, so a move retried after a crash (sent, not yet deleted from the
-    # source) within the deduplication window does not enqueue it twice.
-    return OutgoingMessage(
-        message.body,
-        message.attributes,
-        entry_id=entry_id,
-        group_id=message.group_id,
-        deduplication_id=message.deduplication_id or message.message_id,
-    )
-
-
-def check_range(what: str, value: float, low: int, high: int) -> None:
-    """Raises:
-    ConfigError: `value` outside low..high."""
-    if not low <= value <= high:
-        raise ConfigError(f"{what} must be within {low}..{high}, not {value}")
-
-
-# The DLQ move, for backends without a service-side move task ---------------------------------
-
-# A message being moved is hidden this long; if the mover dies it reappears in the DLQ.
-_MOVE_VISIBILITY_SECONDS = 60
-
-
-def move_messages(
-    source: Queue,
-    destination: Queue,
-    *,
-    max_per_second: int | None = None,
-    wait_seconds: float = 0,
-) -> MoveTask:
-    """Move every message of `source` to `destination`; returns the finished task.
-
-    Receives a batch, sends it on with body, attributes and group id (`resend`), and deletes
-    from `source` only the entries whose send was confirmed. An entry that fails makes the move
-    stop FAILED with its reason, the messages not moved visible again in `source`.
-    `wait_seconds` is the receive's long poll: a queue whose short poll can miss messages (SQS)
-    needs it to tell empty from unlucky.
-
-    Raises:
-        ConfigError: a rate out of range, `source` as its own destination, or a FIFO queue and
-            a standard one.
-    """
-    if max_per_second is not None:
-        check_range("max_per_second", max_per_second, 1, MAX_MOVE_RATE)
-    if source.name == destination.name:
-        raise ConfigError(f"queue {source.name!r} cannot be moved into itself", queue=source.name)
-    into_fifo = check_same_kind(source, destination)
-    batch = MAX_BATCH if max_per_second is None else min(MAX_BATCH, max_per_second)
-    started = time.monotonic()
-    moved = 0
-    failed: dict[str, str] = {}
-    while not failed and (
-        received := source.receive(
-            batch, visibility_timeout=_MOVE_VISIBILITY_SECONDS, wait_seconds=wait_seconds
-        )
-    ):
-        for chunk in _within_batch_size(received):
-            if failed:
-                for message in chunk:
-                    source.change_visibility(message.receipt_handle, 0)
-                continue
-            if max_per_second is not None:
-                # Paced before each send: `moved` messages may have gone by now, no more.
-                time.sleep(max(0.0, started + moved / max_per_second - time.monotonic()))
-            result = destination.send_batch(
-                [resend(m, str(i), into_fifo=into_fifo) for i, m in enumerate(chunk)]
-            )
-            for i, message in enumerate(chunk):
-                if str(i) in result.sent:
-                    source.delete(message.receipt_handle)
-                    moved += 1
-                else:
-                    source.change_visibility(message.receipt_handle, 0)
-            failed.update(result.failed)
-    if failed:
-        reason = "; ".join(sorted(set(failed.values())))
-        return MoveTask(source.name, destination.name, MoveStatus.FAILED, moved, None, reason)
-    return MoveTask(source.name, destination.name, MoveStatus.COMPLETED, moved, to_move=moved)
-
-
-def _within_batch_size(messages: Sequence[Message]) -> list[list[Message]]:
-    """`messages` in runs whose sizes add up to at most MAX_MESSAGE_BYTES (a batch's limit)."""
-    chunks: list[list[Message]] = []
-    total = MAX_MESSAGE_BYTES
-    for message in messages:
-        size = message_size(OutgoingMessage(message.body, message.attributes))
-        if total + size > MAX_MESSAGE_BYTES:
-            chunks.append([])
-            total = 0
-        chunks[-1].append(message)
-        total += size
-    return chunks

@@ -43,14 +43,16 @@ from sluice.backends.queue.base import (
     QueueSettings,
     RedrivePolicy,
     SendBatchResult,
+)
+from sluice.backends.queue.checks import (
     batch_entry_ids,
     check_fifo_message,
     check_fifo_settings,
     check_queue_name,
     check_range,
-    move_messages,
     validate_message,
 )
+from sluice.backends.queue.move import move_messages
 from sluice.backends.sqlite import SqliteDb
 from sluice.errors import ConfigError, QueueNotFound, ReceiptHandleInvalid
 

@@ -47,16 +47,17 @@ from sluice.backends.queue.base import (
     QueueSettings,
     RedrivePolicy,
     SendBatchResult,
+)
+from sluice.backends.queue.checks import (
     batch_entry_ids,
     check_fifo_message,
     check_fifo_settings,
     check_queue_name,
     check_range,
-    check_same_kind,
     is_fifo,
-    move_messages,
     validate_message,
 )
+from sluice.backends.queue.move import check_same_kind, move_messages
 from sluice.errors import (
     BackendBusy,
     BatchTooLarge,

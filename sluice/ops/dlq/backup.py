@@ -20,7 +20,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from sluice.backends.queue.base import MAX_BATCH, Message, OutgoingMessage, Queue, is_fifo
+from sluice.backends.queue.base import MAX_BATCH, Message, OutgoingMessage, Queue
+from sluice.backends.queue.checks import is_fifo
 from sluice.env import Env
 from sluice.errors import ConfigError, SluiceError, TerminalError
 from sluice.ops.dlq.metrics import record_metrics

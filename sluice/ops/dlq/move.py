@@ -1,7 +1,7 @@
 """`redrive` and `redrive-all`: valid DLQ messages back to their source queue.
 
 Only valid messages move (`sluice.ops.dlq.model.validate_message`); each keeps its body, every
-attribute and, between FIFO queues, its group id (`sluice.backends.queue.base.resend`). A FIFO
+attribute and, between FIFO queues, its group id (`sluice.backends.queue.move.resend`). A FIFO
 DLQ is redriven only into a FIFO queue, a standard one only into a standard queue.
 
 A message leaves the DLQ only after the target confirmed its send: a failed send leaves it
@@ -27,11 +27,9 @@ from sluice.backends.queue.base import (
     Message,
     OutgoingMessage,
     Queue,
-    check_same_kind,
-    is_fifo,
-    message_size,
-    resend,
 )
+from sluice.backends.queue.checks import is_fifo, message_size
+from sluice.backends.queue.move import check_same_kind, resend
 from sluice.env import Env
 from sluice.errors import ConfigError, SluiceError
 from sluice.ops.dlq.metrics import record_metrics
