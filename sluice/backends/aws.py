@@ -7,6 +7,7 @@ built here (tests build theirs the same way, pointed at a moto server).
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 from sluice.config import EnvConfig
@@ -14,6 +15,24 @@ from sluice.errors import ConfigError
 
 # Standard retry mode backs off on throttling (SlowDown, ThrottlingException) by itself.
 _RETRIES = {"max_attempts": 8, "mode": "standard"}
+
+
+def _parse_timestamp(value: Any) -> datetime:
+    """botocore's timestamp parser, with a fast path for ISO 8601 with an offset: a listing
+    answer carries one timestamp per object, and dateutil's general parser (botocore's) costs
+    more than the rest of the answer (~60% of a 1000-key ListObjectsV2 page's CPU)."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed
+    from botocore.utils import parse_timestamp  # HTTP dates, epoch numbers, naive times
+
+    result: datetime = parse_timestamp(value)
+    return result
 
 
 class AwsClients:
@@ -39,6 +58,9 @@ class AwsClients:
                 f"environment {config.name!r} has no AWS region",
                 hint=f"set region in [env.{config.name}] of sluice.toml, or AWS_REGION",
             )
+        # For every client of the session (boto3 exposes its botocore session as `_session`).
+        parsers = session._session.get_component("response_parser_factory")
+        parsers.set_parser_defaults(timestamp_parser=_parse_timestamp)
         self.session = session
 
     def _assumed(self, session: Any, role_arn: str) -> Any:

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluice.backends.store import local as local_store
-from sluice.backends.store.base import MAX_DELETE_BATCH, TMP_PREFIX, ObjectStore
+from sluice.backends.store.base import MAX_DELETE_BATCH, TMP_PREFIX, ObjectStore, VersionRef
 from sluice.backends.store.local import LocalObjectStore
 from sluice.backends.store.s3 import (
     S3ObjectStore,
@@ -380,6 +380,49 @@ def test_delete_batch_reports_invalid_keys(store: ObjectStore) -> None:
     assert keys_of(store) == []
 
 
+def test_read_tail(store: ObjectStore) -> None:
+    store.put(BUCKET, "t/k", b"0123456789")
+    store.put(BUCKET, "t/empty", b"")
+    assert store.read_tail(BUCKET, "t/k", 4) == b"6789"
+    assert store.read_tail(BUCKET, "t/k", 100) == b"0123456789"
+    assert store.read_tail(BUCKET, "t/empty", 4) == b""
+    with pytest.raises(ObjectNotFound):
+        store.read_tail(BUCKET, "t/missing", 4)
+    with pytest.raises(InvalidKey):
+        store.read_tail(BUCKET, "../x", 4)
+
+
+# -- versions --------------------------------------------------------------------------------
+
+
+def test_a_bucket_without_versions_lists_each_object_once(store: ObjectStore) -> None:
+    # S3 names the version of an object written without versioning "null", the local store
+    # None: either deletes the object for good.
+    for key in ["v/a", "v/b", "w/c"]:
+        store.put(BUCKET, key, key.encode())
+    assert not store.versioned(BUCKET) and not store.versioned("no-such-bucket")
+    listed = list(store.list_versions(BUCKET, "v/", page_size=1))
+    assert [(v.key, v.delete_marker, v.is_latest, v.size) for v in listed] == [
+        ("v/a", False, True, 3),
+        ("v/b", False, True, 3),
+    ]
+    assert listed[0].etag == store.head(BUCKET, "v/a").etag
+    assert list(store.list_versions("no-such-bucket")) == []
+    result = store.delete_versions(BUCKET, [v.ref for v in listed] + [VersionRef("v/gone")])
+    assert result.ok and set(result.deleted) == {v.ref for v in listed} | {VersionRef("v/gone")}
+    assert keys_of(store) == ["w/c"]
+
+
+def test_delete_versions_limits_and_bad_keys(store: ObjectStore) -> None:
+    store.put(BUCKET, "good", b"x")
+    with pytest.raises(BatchTooLarge):
+        store.delete_versions(BUCKET, [VersionRef(f"k{i}") for i in range(MAX_DELETE_BATCH + 1)])
+    result = store.delete_versions(BUCKET, [VersionRef("good"), VersionRef("../escape")])
+    assert result.deleted == (VersionRef("good"),)
+    assert set(result.errors) == {VersionRef("../escape")}
+    assert keys_of(store) == []
+
+
 # -- copy, arrow ---------------------------------------------------------------------------
 
 
@@ -523,6 +566,15 @@ def test_local_arrow_root(local: LocalObjectStore) -> None:
     assert root == f"{local.root.resolve()}/"
     local.put(BUCKET, "k", b"x")
     assert fs.get_file_info(f"{root}{BUCKET}/k").size == 1
+
+
+def test_local_store_keeps_no_versions(local: LocalObjectStore) -> None:
+    local.put(BUCKET, "k", b"x")
+    with pytest.raises(ObjectNotFound):
+        local.read_tail(BUCKET, "k", 1, version_id="v1")
+    result = local.delete_versions(BUCKET, [VersionRef("k", "v1")])
+    assert result.errors[VersionRef("k", "v1")].startswith("NoSuchVersion")
+    assert local.exists(BUCKET, "k")
 
 
 # -- S3 only: what the bucket holds, and what moto cannot produce --------------------------
@@ -715,17 +767,31 @@ def test_s3_delete_reports_per_key_errors_of_a_200_answer(
     assert keys_of(s3) == ["locked/a"]
 
 
+def refs(*keys: str) -> list[VersionRef]:
+    return [VersionRef(key) for key in keys]
+
+
 def test_parse_delete_answer() -> None:
     # The shape botocore parses a DeleteObjects answer into (Quiet=False).
     answer = {
         "ResponseMetadata": {"HTTPStatusCode": 200},
-        "Deleted": [{"Key": "a"}, {"Key": "c", "DeleteMarker": True}],
-        "Errors": [{"Key": "b", "Code": "SlowDown", "Message": "Please reduce your request rate."}],
+        "Deleted": [
+            {"Key": "a"},
+            {"Key": "c", "DeleteMarker": True},
+            {"Key": "e", "VersionId": "1"},
+        ],
+        "Errors": [
+            {"Key": "b", "Code": "SlowDown", "Message": "Please reduce your request rate."},
+            {"Key": "e", "VersionId": "2", "Code": "AccessDenied", "Message": "no"},
+            {"Key": "f", "Code": "AccessDenied", "Message": "no"},  # moto names no version
+        ],
     }
-    deleted, failed = parse_delete_answer(answer, ["a", "b", "c", "d"])
-    assert deleted == ["a", "c"]
-    assert failed["b"] == ("SlowDown", "SlowDown: Please reduce your request rate.")
-    assert failed["d"][0] == "Missing"  # named nowhere in the answer: not known to be deleted
+    e1, e2, f1 = VersionRef("e", "1"), VersionRef("e", "2"), VersionRef("f", "1")
+    deleted, failed = parse_delete_answer(answer, [*refs("a", "b", "c", "d"), e1, e2, f1])
+    assert deleted == [*refs("a", "c"), e1]
+    assert failed[VersionRef("b")] == ("SlowDown", "SlowDown: Please reduce your request rate.")
+    assert failed[VersionRef("d")][0] == "Missing"  # named nowhere: not known to be deleted
+    assert failed[e2][0] == failed[f1][0] == "AccessDenied"
 
 
 class FakeDeleteObjects:
@@ -739,18 +805,18 @@ class FakeDeleteObjects:
         self.fail_request = fail_request
         self.requests: list[list[str]] = []
 
-    def __call__(self, keys: list[str]) -> dict[str, Any]:
-        self.requests.append(keys)
+    def __call__(self, versions: list[VersionRef]) -> dict[str, Any]:
+        self.requests.append([v.key for v in versions])
         if len(self.requests) == self.fail_request:
             raise BackendBusy("DeleteObjects s3://bucket/ failed: SlowDown", code="SlowDown")
         answer: dict[str, Any] = {"Deleted": [], "Errors": []}
-        for key in keys:
-            codes = self.script.get(key, [])
+        for v in versions:
+            codes = self.script.get(v.key, [])
             if codes:
                 code = codes.pop(0)
-                answer["Errors"].append({"Key": key, "Code": code, "Message": f"{code} says no"})
+                answer["Errors"].append({"Key": v.key, "Code": code, "Message": f"{code} says no"})
             else:
-                answer["Deleted"].append({"Key": key})
+                answer["Deleted"].append({"Key": v.key})
         return answer
 
 
@@ -759,11 +825,11 @@ def test_delete_retries_slowdown_with_backoff() -> None:
     sleeps: list[float] = []
 
     deleted, errors = delete_with_retries(
-        send, ["a", "b", "c"], base_delay=0.1, sleep=sleeps.append
+        send, refs("a", "b", "c"), base_delay=0.1, sleep=sleeps.append
     )
 
-    assert sorted(deleted) == ["a", "b"]
-    assert errors == {"c": "AccessDenied: AccessDenied says no"}  # terminal: not retried
+    assert sorted(deleted, key=str) == refs("a", "b")
+    assert errors == {VersionRef("c"): "AccessDenied: AccessDenied says no"}  # not retried
     assert send.requests == [["a", "b", "c"], ["b"], ["b"]]  # only the throttled key again
     assert len(sleeps) == 2
     assert 0.05 <= sleeps[0] <= 0.1 and 0.1 <= sleeps[1] <= 0.2  # exponential, with jitter
@@ -771,9 +837,11 @@ def test_delete_retries_slowdown_with_backoff() -> None:
 
 def test_delete_gives_up_after_the_last_attempt() -> None:
     send = FakeDeleteObjects({"hot": ["SlowDown"] * 10})
-    deleted, errors = delete_with_retries(send, ["hot", "cold"], attempts=3, sleep=lambda s: None)
-    assert deleted == ["cold"]
-    assert errors == {"hot": "SlowDown: SlowDown says no"}
+    deleted, errors = delete_with_retries(
+        send, refs("hot", "cold"), attempts=3, sleep=lambda s: None
+    )
+    assert deleted == refs("cold")
+    assert errors == {VersionRef("hot"): "SlowDown: SlowDown says no"}
     assert len(send.requests) == 3
 
 
@@ -846,9 +914,93 @@ def test_s3_arrow_filesystem_reads_parquet_written_by_put(s3: S3ObjectStore) -> 
 
 def test_delete_keeps_progress_when_a_retry_fails_as_a_whole() -> None:
     send = FakeDeleteObjects({"b": ["SlowDown"]}, fail_request=2)
-    deleted, errors = delete_with_retries(send, ["a", "b"], sleep=lambda s: None)
-    assert deleted == ["a"]
-    assert errors == {"b": "BackendBusy: DeleteObjects s3://bucket/ failed: SlowDown"}
+    deleted, errors = delete_with_retries(send, refs("a", "b"), sleep=lambda s: None)
+    assert deleted == refs("a")
+    assert errors == {VersionRef("b"): "BackendBusy: DeleteObjects s3://bucket/ failed: SlowDown"}
 
     with pytest.raises(BackendBusy):  # nothing deleted yet: the caller retries the batch
-        delete_with_retries(FakeDeleteObjects({}, fail_request=1), ["a"], sleep=lambda s: None)
+        delete_with_retries(FakeDeleteObjects({}, fail_request=1), refs("a"), sleep=lambda s: None)
+
+
+# -- S3 only: versioned buckets ------------------------------------------------------------
+
+
+def _history(client: Any, bucket: str = BUCKET) -> list[tuple[str, str, bool]]:
+    """Every version and delete marker the bucket holds, seen without the store."""
+    answer = client.list_object_versions(Bucket=bucket)
+    versions = [(v["Key"], v["VersionId"], False) for v in answer.get("Versions", [])]
+    markers = [(m["Key"], m["VersionId"], True) for m in answer.get("DeleteMarkers", [])]
+    return sorted(versions + markers)
+
+
+@pytest.fixture
+def versioned(s3: S3ObjectStore, s3_client: Any) -> S3ObjectStore:
+    """`BUCKET` with versioning enabled; `_remove_bucket` cannot empty it, so this does."""
+    s3_client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    yield s3
+    s3_client.delete_bucket_policy(Bucket=BUCKET)
+    history = [VersionRef(key, version) for key, version, _ in _history(s3_client)]
+    for start in range(0, len(history), MAX_DELETE_BATCH):
+        s3.delete_versions(BUCKET, history[start : start + MAX_DELETE_BATCH])
+
+
+@pytest.mark.aws
+def test_s3_versioned_bucket_lists_and_deletes_its_history(
+    versioned: S3ObjectStore, s3_client: Any
+) -> None:
+    s3 = versioned
+    first = s3.put(BUCKET, "h/a", b"one")
+    s3.put(BUCKET, "h/a", b"two")
+    s3.put(BUCKET, "h/a", b"three")
+    s3.put(BUCKET, "h/b", b"bee")
+    s3.delete_batch(BUCKET, ["h/a"])  # a delete marker: the three versions stay
+    assert s3.versioned(BUCKET)
+    assert keys_of(s3) == ["h/b"]
+
+    listed = list(s3.list_versions(BUCKET, "h/", page_size=2))
+    assert [(v.key, v.delete_marker) for v in listed if v.key == "h/a"].count(("h/a", False)) == 3
+    assert sorted((v.key, v.version_id, v.delete_marker) for v in listed) == _history(s3_client)
+    [marker] = [v for v in listed if v.delete_marker]
+    assert (marker.key, marker.is_latest, marker.size) == ("h/a", True, 0)
+    [oldest] = [v for v in listed if v.etag == first.etag]
+    assert s3.read_tail(BUCKET, "h/a", 2, version_id=oldest.version_id) == b"ne"
+
+    result = s3.delete_versions(BUCKET, [v.ref for v in listed])
+    assert result.ok and set(result.deleted) == {v.ref for v in listed}
+    assert _history(s3_client) == []
+
+
+@pytest.mark.aws
+def test_s3_suspended_versioning_still_keeps_history(
+    versioned: S3ObjectStore, s3_client: Any
+) -> None:
+    versioned.put(BUCKET, "k", b"x")
+    s3_client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Suspended"})
+    assert versioned.versioned(BUCKET)
+
+
+@pytest.mark.aws
+def test_s3_delete_versions_reports_per_version_errors(
+    versioned: S3ObjectStore, s3_client: Any
+) -> None:
+    s3 = versioned
+    for key in ["locked/a", "locked/a", "free/b"]:
+        s3.put(BUCKET, key, b"x")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
+                "Resource": f"arn:aws:s3:::{BUCKET}/locked/*",
+            }
+        ],
+    }
+    s3_client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
+    listed = [v.ref for v in s3.list_versions(BUCKET)]
+    result = s3.delete_versions(BUCKET, listed)
+    assert [ref.key for ref in result.deleted] == ["free/b"]
+    assert set(result.errors) == {r for r in listed if r.key == "locked/a"}
+    assert all(why.startswith("AccessDenied") for why in result.errors.values())
+    assert [key for key, _, _ in _history(s3_client)] == ["locked/a", "locked/a"]

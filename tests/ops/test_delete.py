@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import threading
 from collections.abc import Sequence
@@ -9,18 +11,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from sluice.backends.store.base import DeleteResult as BatchResult
-from sluice.backends.store.base import ObjectStore
+from sluice.backends.store.base import ObjectStore, VersionDeleteResult, VersionRef
 from sluice.cli.app import Options, main
 from sluice.env import Env
 from sluice.errors import BackendBusy
-from sluice.layout import VERIFIED_PREFIX, ObjectUri
-from sluice.ops.delete import Backoff, Limiter, delete
+from sluice.layout import VERIFIED_PREFIX, ObjectUri, raw_key, verified_key
+from sluice.ops.delete import TAIL_BYTES, Backoff, Limiter, delete, read_source_ref
 from sluice.process.processor import process_object
 from tests.aws.conftest import aws_config, aws_env  # noqa: F401 (fixtures)
-from tests.conftest import line, make_event, put_raw
+from tests.conftest import ARRIVED, line, make_event, put_raw
 
 FAST = Backoff(base_seconds=0.001, max_seconds=0.01, restore_after=2)
 # Where each source's events land: (type, event time). A: lock on two days, bridge; B: lock on
@@ -158,12 +161,94 @@ def test_refusal_through_the_cli_names_the_override(
     assert code == 1 and "--allow-missing-sources" in err and "--from-file" in err
 
 
+def parquet_of(source: str, padding: int = 0) -> bytes:
+    """A tiny Parquet file that records `source` (and `padding` bytes more of metadata)."""
+    metadata = {b"sluice.source_ref": source.encode(), b"padding": b"x" * padding}
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"x": [1]}).replace_schema_metadata(metadata), sink)
+    return sink.getvalue()
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.aws)])
+def any_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    monkeypatch.chdir(tmp_path)
+    env: Env = request.getfixturevalue("env" if request.param == "local" else "aws_env")
+    return env
+
+
+def test_sources_of_one_raw_folder_are_checked_together(any_env: Env) -> None:
+    # Twelve raw objects of one arrival hour, two lock files each: one listing of their folder
+    # answers for most of them; the file of the one that is gone is refused all the same.
+    env = any_env
+    raw, bucket = env.config.buckets.raw, env.config.buckets.verified
+    sources = [ObjectUri(raw, raw_key(ARRIVED)) for _ in range(12)]
+    for uri in sources:
+        env.store.put(uri.bucket, uri.key, gzip.compress(b"{}\n"))
+        for hour in ("00", "01"):
+            key = verified_key(str(uri), "lock", "2025-11-24", hour)
+            env.store.put(bucket, key, parquet_of(str(uri)))
+    gone = sources[5]
+    env.store.delete_batch(gone.bucket, [gone.key])
+    result = delete(env, types=["lock"], batch_size=7)
+    assert (result.deleted, result.refused, result.missing_sources) == (22, 2, [str(gone)])
+    assert verified(env) == {verified_key(str(gone), "lock", "2025-11-24", h) for h in ("00", "01")}
+
+
+def test_footers_are_read_whatever_their_size(env: Env) -> None:
+    bucket = env.config.buckets.verified
+    for key, body in [
+        ("big", parquet_of("s3://raw/big", padding=2 * TAIL_BYTES)),
+        ("small", parquet_of("s3://raw/small")),
+        ("text", b"not parquet, PAR1"),
+        ("empty", b""),
+    ]:
+        env.store.put(bucket, f"f/{key}", body)
+    found = {k: read_source_ref(env.store, bucket, VersionRef(f"f/{k}")) for k in ("big", "small")}
+    assert found == {"big": "s3://raw/big", "small": "s3://raw/small"}
+    assert read_source_ref(env.store, bucket, VersionRef("f/text")) is None
+    assert read_source_ref(env.store, bucket, VersionRef("f/empty")) is None
+
+
+def test_all_versions_without_versions_is_a_plain_delete(
+    lake: tuple[Env, ObjectUri], capsys: pytest.CaptureFixture[str]
+) -> None:
+    env, _ = lake
+    before = verified(env)
+    args = ["--data-dir", str(env.config.data_dir), "delete", "--type", "lock", "--json"]
+    code, out, _ = cli(capsys, *args, "--all-versions")
+    shown = json.loads(out)
+    assert code == 0 and shown["all_versions"] and not shown["versioned"]
+    assert shown["history"] is None and (shown["versions"], shown["delete_markers"]) == (0, 0)
+    assert shown["deleted"] == 4 and verified(env) == {k for k in before if "type=lock" not in k}
+
+
+def test_a_from_file_naming_versions_needs_all_versions(
+    lake: tuple[Env, ObjectUri], capsys: pytest.CaptureFixture[str]
+) -> None:
+    env, _ = lake
+    before = verified(env)
+    bucket, key = env.config.buckets.verified, min(before)
+    Path("f.jsonl").write_text(
+        json.dumps({"bucket": bucket, "key": key, "error": "x"})
+        + "\n"
+        + json.dumps({"bucket": bucket, "key": key, "version_id": "v1", "error": "x"})
+        + "\n"
+    )
+    args = ["--data-dir", str(env.config.data_dir), "delete", "--from-file", "f.jsonl"]
+    code, _, err = cli(capsys, *args)
+    assert code == 1 and "names versions" in err and "--all-versions" in err
+    assert verified(env) == before
+    # The local store keeps no versions: the version's line fails, the key's line deletes.
+    result = delete(env, from_file=Path("f.jsonl"), all_versions=True)
+    assert (result.deleted, result.failed) == (1, 1) and verified(env) == before - {key}
+
+
 # Failures and throttling ---------------------------------------------------------------------
 
 
 class FailingStore:
-    """The real store, except that `delete_batch` fails some keys (per key, inside a success)
-    or throttles whole batches, and records how many batches were in flight at once."""
+    """The real store, except that `delete_versions` fails some keys (per key, inside a
+    success) or throttles whole batches, and records how many batches were in flight at once."""
 
     def __init__(self, store: ObjectStore, fail: set[str], throttle: int = 0) -> None:
         self._store = store
@@ -177,7 +262,7 @@ class FailingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def delete_batch(self, bucket: str, keys: Sequence[str]) -> BatchResult:
+    def delete_versions(self, bucket: str, versions: Sequence[VersionRef]) -> VersionDeleteResult:
         with self._lock:
             self.in_flight += 1
             if self._throttled:
@@ -190,10 +275,11 @@ class FailingStore:
                     self._throttled = True
                 raise BackendBusy("SlowDown: reduce your request rate", bucket=bucket)
             threading.Event().wait(0.01)  # long enough for the workers to overlap
-            ok = [k for k in keys if k not in self.fail]
-            done = self._store.delete_batch(bucket, ok)
-            errors = {**done.errors, **dict.fromkeys(set(keys) & self.fail, "AccessDenied: no")}
-            return BatchResult(deleted=done.deleted, errors=errors)
+            ok = [v for v in versions if v.key not in self.fail]
+            done = self._store.delete_versions(bucket, ok)
+            failed = [v for v in versions if v.key in self.fail]
+            errors = {**done.errors, **dict.fromkeys(failed, "AccessDenied: no")}
+            return VersionDeleteResult(deleted=done.deleted, errors=errors)
         finally:
             with self._lock:
                 self.in_flight -= 1

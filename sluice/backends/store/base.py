@@ -83,8 +83,8 @@ def validate_key(bucket: str, key: str) -> None:
         raise invalid_key(bucket, key, reason)
 
 
-def validate_batch(bucket: str, keys: Sequence[str]) -> None:
-    """Check the size of a delete batch (S3's limit, kept by every backend).
+def validate_batch(bucket: str, keys: Sequence[object]) -> None:
+    """Check the size of a delete batch of keys or versions (S3's limit, kept by every backend).
 
     Raises:
         BatchTooLarge: more than MAX_DELETE_BATCH keys.
@@ -133,6 +133,48 @@ class DeleteResult:
         return not self.errors
 
 
+@dataclass(frozen=True)
+class VersionRef:
+    """One version of an object to delete; `version_id` None names the current object (a plain
+    delete, which on a versioned bucket only adds a delete marker)."""
+
+    key: str
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One stored version of an object, or a delete marker (no bytes: size 0, no ETag).
+
+    A store without versions has exactly one per object: its current bytes, `version_id` None.
+    """
+
+    bucket: str
+    key: str
+    version_id: str | None
+    delete_marker: bool
+    is_latest: bool
+    size: int
+    etag: str
+    last_modified: datetime
+
+    @property
+    def ref(self) -> VersionRef:
+        return VersionRef(self.key, self.version_id)
+
+
+@dataclass(frozen=True)
+class VersionDeleteResult:
+    """Outcome of one batch delete of versions: each is either deleted or in `errors`."""
+
+    deleted: tuple[VersionRef, ...] = ()
+    errors: dict[VersionRef, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
 class ObjectStore(Protocol):
     """Buckets of immutable-per-version objects."""
 
@@ -170,6 +212,19 @@ class ObjectStore(Protocol):
 
     def exists(self, bucket: str, key: str) -> bool: ...
 
+    def read_tail(
+        self, bucket: str, key: str, length: int, *, version_id: str | None = None
+    ) -> bytes:
+        """The last `length` bytes of an object (all of it when shorter), in one request; of
+        version `version_id` when given.
+
+        Raises:
+            ObjectNotFound: no such object, or no such version (a store without versions has
+                none but the current one, `None`).
+            InvalidKey: malformed key.
+        """
+        ...
+
     def list(
         self, bucket: str, prefix: str = "", *, start_after: str = "", page_size: int = 1000
     ) -> Iterator[ObjectInfo]:
@@ -180,11 +235,40 @@ class ObjectStore(Protocol):
         """
         ...
 
+    def versioned(self, bucket: str) -> bool:
+        """Whether the bucket keeps earlier versions of its objects (versioning enabled, or
+        suspended with versions kept). A missing bucket keeps nothing: False.
+
+        Raises:
+            InvalidKey: malformed bucket name.
+        """
+        ...
+
+    def list_versions(
+        self, bucket: str, prefix: str = "", *, page_size: int = 1000
+    ) -> Iterator[ObjectVersion]:
+        """Every version and delete marker of the objects whose key starts with `prefix`, in
+        key order, fetched a page at a time (memory bounded by `page_size`). A store without
+        versions yields each object once, `version_id` None. A missing bucket lists nothing.
+        """
+        ...
+
     def delete_batch(self, bucket: str, keys: Sequence[str]) -> DeleteResult:
         """Delete up to MAX_DELETE_BATCH keys in one request; per-key failures are reported.
 
         Raises:
             BatchTooLarge: more than MAX_DELETE_BATCH keys.
+        """
+        ...
+
+    def delete_versions(self, bucket: str, versions: Sequence[VersionRef]) -> VersionDeleteResult:
+        """Delete up to MAX_DELETE_BATCH versions in one request, for good (a version deleted by
+        id leaves no delete marker); per-version failures are reported, as in `delete_batch`.
+        A version id None deletes the current object as `delete_batch` does; on a store without
+        versions, any other id is a failure (no such version).
+
+        Raises:
+            BatchTooLarge: more than MAX_DELETE_BATCH versions.
         """
         ...
 

@@ -9,6 +9,8 @@ Differences from S3, all inherent to a filesystem:
   this store carry it in an extended attribute, checked against size and mtime, so another
   process lists and heads them without reading their bytes; other files are hashed once per
   process and version.
+- No versions: a bucket is never versioned, an object has one version (id None), and a delete
+  removes it for good.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from sluice.backends.store.base import (
     TMP_PREFIX,
     DeleteResult,
     ObjectInfo,
+    ObjectVersion,
+    VersionDeleteResult,
+    VersionRef,
     bad_key_reason,
     invalid_key,
     validate_batch,
@@ -229,6 +234,21 @@ class LocalObjectStore:
     def exists(self, bucket: str, key: str) -> bool:
         return self._path(bucket, key).is_file()
 
+    def read_tail(
+        self, bucket: str, key: str, length: int, *, version_id: str | None = None
+    ) -> bytes:
+        if version_id is not None:
+            validate_key(bucket, key)
+            raise ObjectNotFound(
+                f"no version {version_id!r} of s3://{bucket}/{key}: the local store keeps none",
+                bucket=bucket,
+                key=key,
+            )
+        with self.open(bucket, key) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - length))
+            return f.read(length)
+
     def list(
         self, bucket: str, prefix: str = "", *, start_after: str = "", page_size: int = 1000
     ) -> Iterator[ObjectInfo]:
@@ -274,6 +294,25 @@ class LocalObjectStore:
                 continue  # deleted while we listed
             yield info
 
+    def versioned(self, bucket: str) -> bool:
+        validate_bucket(bucket)
+        return False
+
+    def list_versions(
+        self, bucket: str, prefix: str = "", *, page_size: int = 1000
+    ) -> Iterator[ObjectVersion]:
+        for info in self.list(bucket, prefix, page_size=page_size):
+            yield ObjectVersion(
+                bucket=bucket,
+                key=info.key,
+                version_id=None,
+                delete_marker=False,
+                is_latest=True,
+                size=info.size,
+                etag=info.etag,
+                last_modified=info.last_modified,
+            )
+
     # -- deletes -----------------------------------------------------------------------------
 
     def delete_batch(self, bucket: str, keys: Sequence[str]) -> DeleteResult:
@@ -303,6 +342,17 @@ class LocalObjectStore:
                     break
                 parent = parent.parent
         return DeleteResult(deleted=tuple(deleted), errors=errors)
+
+    def delete_versions(self, bucket: str, versions: Sequence[VersionRef]) -> VersionDeleteResult:
+        validate_batch(bucket, versions)
+        current = [v.key for v in versions if v.version_id is None]
+        done = self.delete_batch(bucket, current)
+        errors = {VersionRef(k): reason for k, reason in done.errors.items()}
+        for v in versions:
+            if v.version_id is not None:
+                errors[v] = f"NoSuchVersion: the local store keeps no version {v.version_id!r}"
+        deleted = tuple(VersionRef(k) for k in done.deleted)
+        return VersionDeleteResult(deleted=deleted, errors=errors)
 
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), f"{self.root}/"

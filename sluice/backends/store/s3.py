@@ -38,6 +38,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sluice.backends.store.base import (
     DeleteResult,
     ObjectInfo,
+    ObjectVersion,
+    VersionDeleteResult,
+    VersionRef,
     bad_key_reason,
     validate_batch,
     validate_bucket,
@@ -73,7 +76,9 @@ _ACTIONS = {
     "GetObject": "s3:GetObject",
     "HeadObject": "s3:GetObject",
     "ListObjectsV2": "s3:ListBucket",
-    "DeleteObjects": "s3:DeleteObject",
+    "ListObjectVersions": "s3:ListBucketVersions",
+    "GetBucketVersioning": "s3:GetBucketVersioning",
+    "DeleteObjects": "s3:DeleteObject (s3:DeleteObjectVersion for versions)",
     "CopyObject": "s3:GetObject on the source and s3:PutObject",
 }
 _NO_CREDENTIALS = (
@@ -159,51 +164,59 @@ def translate_error(exc: Exception, op: str, bucket: str, key: str | None = None
 
 
 def parse_delete_answer(
-    answer: DeleteAnswer, requested: Sequence[str]
-) -> tuple[list[str], dict[str, tuple[str, str]]]:
-    """Split a DeleteObjects answer into deleted keys and failed keys (`key -> (code, reason)`).
+    answer: DeleteAnswer, requested: Sequence[VersionRef]
+) -> tuple[list[VersionRef], dict[VersionRef, tuple[str, str]]]:
+    """Split a DeleteObjects answer into deleted versions and failed ones (`-> (code, reason)`).
 
-    S3 answers 200 even when some keys failed; they are listed under `Errors`. A requested key
-    the answer names neither way is a failure too: we asked for a verbose answer, so silence
-    proves nothing.
+    S3 answers 200 even when some keys failed; they are listed under `Errors`. A requested
+    version the answer names neither way is a failure too: we asked for a verbose answer, so
+    silence proves nothing. An error that names no version id (moto's do not) stands for every
+    version of its key that the answer does not confirm.
     """
-    failed: dict[str, tuple[str, str]] = {}
+    confirmed = {(e["Key"], e.get("VersionId")) for e in answer.get("Deleted", [])}
+    by_version: dict[tuple[str, str | None], tuple[str, str]] = {}
+    by_key: dict[str, tuple[str, str]] = {}
     for error in answer.get("Errors", []):
         code = str(error.get("Code", "Unknown"))
-        failed[error["Key"]] = (code, f"{code}: {error.get('Message', 'no message')}")
-    confirmed = {entry["Key"] for entry in answer.get("Deleted", [])}
-    deleted: list[str] = []
-    for key in requested:
-        if key in failed:
-            continue
-        if key in confirmed:
-            deleted.append(key)
+        reason = (code, f"{code}: {error.get('Message', 'no message')}")
+        if error.get("VersionId"):
+            by_version[(error["Key"], error["VersionId"])] = reason
         else:
-            failed[key] = ("Missing", "Missing: the DeleteObjects answer did not mention the key")
+            by_key[error["Key"]] = reason
+    deleted: list[VersionRef] = []
+    failed: dict[VersionRef, tuple[str, str]] = {}
+    for ref in requested:
+        pair = (ref.key, ref.version_id)
+        if (error := by_version.get(pair) or by_key.get(ref.key)) is not None:
+            failed[ref] = error
+        elif pair in confirmed:
+            deleted.append(ref)
+        else:
+            failed[ref] = ("Missing", "Missing: the DeleteObjects answer did not mention it")
     return deleted, failed
 
 
 def delete_with_retries(
-    send: Callable[[list[str]], DeleteAnswer],
-    keys: Sequence[str],
+    send: Callable[[list[VersionRef]], DeleteAnswer],
+    versions: Sequence[VersionRef],
     *,
     attempts: int = 5,
     base_delay: float = 0.1,
     sleep: Callable[[float], None] = time.sleep,
-) -> tuple[list[str], dict[str, str]]:
-    """Delete `keys` with `send` (one DeleteObjects request), retrying per-key throttling.
+) -> tuple[list[VersionRef], dict[VersionRef, str]]:
+    """Delete `versions` with `send` (one DeleteObjects request), retrying per-key throttling.
 
-    Keys that failed with a retryable code are sent again, alone, after an exponential backoff
-    with jitter (`base_delay * 2**n`); after `attempts` requests they are reported with their
-    last reason. Other per-key errors are reported at once. Returns (deleted, errors).
+    Versions that failed with a retryable code are sent again, alone, after an exponential
+    backoff with jitter (`base_delay * 2**n`); after `attempts` requests they are reported with
+    their last reason. Other per-key errors are reported at once. Returns (deleted, errors).
 
     Raises:
         SluiceError: the first request failed as a whole (whatever `send` raises). A retry
-            failing as a whole reports its keys instead, keeping what the first one deleted.
+            failing as a whole reports its versions instead, keeping what the first one deleted.
     """
-    deleted: list[str] = []
-    errors: dict[str, str] = {}
-    pending = list(keys)
+    deleted: list[VersionRef] = []
+    errors: dict[VersionRef, str] = {}
+    pending = list(versions)
     for attempt in range(attempts):
         try:
             answer = send(pending)
@@ -215,11 +228,11 @@ def delete_with_retries(
         done, failed = parse_delete_answer(answer, pending)
         deleted.extend(done)
         pending = []
-        for key, (code, reason) in failed.items():
+        for ref, (code, reason) in failed.items():
             if code in RETRYABLE_DELETE_CODES and attempt + 1 < attempts:
-                pending.append(key)
+                pending.append(ref)
             else:
-                errors[key] = reason
+                errors[ref] = reason
         if not pending:
             break
         sleep(base_delay * 2**attempt * random.uniform(0.5, 1.0))
@@ -256,6 +269,27 @@ class _BodyReader(io.RawIOBase):
 
 def _info(bucket: str, key: str, size: int, etag: str, modified: datetime) -> ObjectInfo:
     return ObjectInfo(bucket, key, int(size), etag.strip('"'), modified.astimezone(UTC))
+
+
+def _version(bucket: str, entry: Mapping[str, Any], marker: bool) -> ObjectVersion:
+    """An entry of a ListObjectVersions page (under `Versions`, or `DeleteMarkers`)."""
+    return ObjectVersion(
+        bucket=bucket,
+        key=entry["Key"],
+        version_id=entry.get("VersionId"),
+        delete_marker=marker,
+        is_latest=bool(entry.get("IsLatest")),
+        size=int(entry.get("Size", 0)),
+        etag=str(entry.get("ETag", "")).strip('"'),
+        last_modified=entry["LastModified"].astimezone(UTC),
+    )
+
+
+def _delete_entry(ref: VersionRef) -> dict[str, str]:
+    """A DeleteObjects `Objects` entry: the key, and the version id of a version."""
+    if ref.version_id is None:
+        return {"Key": ref.key}
+    return {"Key": ref.key, "VersionId": ref.version_id}
 
 
 def _answer_date(answer: Mapping[str, Any]) -> datetime:
@@ -392,6 +426,25 @@ class S3ObjectStore:
             return False
         return True
 
+    def read_tail(
+        self, bucket: str, key: str, length: int, *, version_id: str | None = None
+    ) -> bytes:
+        """As the interface: one GET of a suffix range (`bytes=-length`)."""
+        validate_key(bucket, key)
+        version = {} if version_id is None else {"VersionId": version_id}
+        try:
+            answer = self._request("GetObject", bucket, key, Range=f"bytes=-{length}", **version)
+        except TerminalError as exc:
+            if exc.context.get("code") == "InvalidRange":
+                return b""  # S3's answer to a suffix range of an empty object
+            raise
+        with contextlib.closing(answer["Body"]) as body:
+            try:
+                data: bytes = body.read()
+            except _BOTO_ERRORS as exc:
+                raise translate_error(exc, "GetObject", bucket, key) from exc
+        return data
+
     def list(
         self, bucket: str, prefix: str = "", *, start_after: str = "", page_size: int = 1000
     ) -> Iterator[ObjectInfo]:
@@ -411,33 +464,67 @@ class S3ObjectStore:
                 return
             request["ContinuationToken"] = page["NextContinuationToken"]
 
+    def versioned(self, bucket: str) -> bool:
+        validate_bucket(bucket)
+        answer = self._request("GetBucketVersioning", bucket, if_no_bucket={})
+        # Suspended versioning keeps the versions made while it was enabled.
+        return answer.get("Status") in ("Enabled", "Suspended")
+
+    def list_versions(
+        self, bucket: str, prefix: str = "", *, page_size: int = 1000
+    ) -> Iterator[ObjectVersion]:
+        validate_bucket(bucket)
+        request: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page_size}
+        while True:
+            empty = {"IsTruncated": False}
+            page = self._request("ListObjectVersions", bucket, if_no_bucket=empty, **request)
+            entries = [
+                _version(bucket, entry, marker)
+                for marker, kind in ((False, "Versions"), (True, "DeleteMarkers"))
+                for entry in page.get(kind, [])
+                if bad_key_reason(entry["Key"]) is None
+            ]
+            # S3 lists a page's versions and delete markers apart, each in key order.
+            yield from sorted(entries, key=lambda v: v.key)
+            if not page.get("IsTruncated"):
+                return
+            request["KeyMarker"] = page["NextKeyMarker"]
+            request["VersionIdMarker"] = page.get("NextVersionIdMarker") or ""
+
     # -- deletes -----------------------------------------------------------------------------
 
     def delete_batch(self, bucket: str, keys: Sequence[str]) -> DeleteResult:
         """As the interface; a missing bucket holds none of the keys, so all count as deleted."""
         validate_batch(bucket, keys)
-        validate_bucket(bucket)
-        errors: dict[str, str] = {}
-        valid: list[str] = []
-        for key in dict.fromkeys(keys):
-            if (reason := bad_key_reason(key)) is None:
-                valid.append(key)
-            else:
-                errors[key] = reason
+        done = self.delete_versions(bucket, [VersionRef(key) for key in dict.fromkeys(keys)])
+        errors = {ref.key: reason for ref, reason in done.errors.items()}
+        return DeleteResult(deleted=tuple(ref.key for ref in done.deleted), errors=errors)
 
-        def send(batch: list[str]) -> DeleteAnswer:
-            objects = [{"Key": key} for key in batch]
+    def delete_versions(self, bucket: str, versions: Sequence[VersionRef]) -> VersionDeleteResult:
+        """As the interface; a missing bucket holds none of them, so all count as deleted."""
+        validate_batch(bucket, versions)
+        validate_bucket(bucket)
+        errors: dict[VersionRef, str] = {}
+        valid: list[VersionRef] = []
+        for ref in dict.fromkeys(versions):
+            if (reason := bad_key_reason(ref.key)) is None:
+                valid.append(ref)
+            else:
+                errors[ref] = reason
+
+        def send(batch: list[VersionRef]) -> DeleteAnswer:
+            objects = [_delete_entry(ref) for ref in batch]
             request = {"Objects": objects, "Quiet": False}
             answer: DeleteAnswer = self._request(
                 "DeleteObjects", bucket, if_no_bucket={"Deleted": objects}, Delete=request
             )
             return answer
 
-        if valid:
-            deleted, key_errors = delete_with_retries(send, valid, attempts=self.delete_attempts)
-            errors.update(key_errors)
-            return DeleteResult(deleted=tuple(deleted), errors=errors)
-        return DeleteResult(errors=errors)
+        if not valid:
+            return VersionDeleteResult(errors=errors)
+        deleted, key_errors = delete_with_retries(send, valid, attempts=self.delete_attempts)
+        errors.update(key_errors)
+        return VersionDeleteResult(deleted=tuple(deleted), errors=errors)
 
     # -- arrow -------------------------------------------------------------------------------
 

@@ -38,6 +38,14 @@ def delete(
         Path | None,
         typer.Option("--from-file", help="The keys of a failed-keys file of an earlier delete."),
     ] = None,
+    all_versions: Annotated[
+        bool,
+        typer.Option(
+            "--all-versions",
+            help="On a versioned bucket, delete every version and delete marker of the files "
+            "(without it, S3 only adds delete markers and keeps the history).",
+        ),
+    ] = False,
     workers: Annotated[
         int, typer.Option("--workers", help="Delete requests (1000 keys each) in flight.")
     ] = DEFAULT_WORKERS,
@@ -64,10 +72,12 @@ def delete(
 
     A file is deleted only if the raw object it was built from still exists (its source, read
     from the file's footer), so that it can be rebuilt; others are refused unless
-    --allow-missing-sources. Throttled requests are retried with fewer workers. Every key not
-    deleted goes to a failed-keys file (JSONL: bucket, key, error) that --from-file takes to
-    finish the job; the exit status is non-zero then. Interrupted? Run the same command again:
-    what was deleted is no longer listed.
+    --allow-missing-sources. On a versioned bucket a plain delete leaves every earlier version
+    (billed, restorable) behind delete markers; --all-versions removes the history too. Throttled
+    requests are retried with fewer workers. Every key (or version) not deleted goes to a
+    failed-keys file (JSONL: bucket, key, version id, error) that --from-file takes to finish the
+    job; the exit status is non-zero then. Interrupted? Run the same command again: what was
+    deleted is no longer listed.
     """
     from sluice.ops.delete import delete as run
     from sluice.ops.delete import next_step
@@ -92,6 +102,7 @@ def delete(
             prefix=prefix,
             day=day,
             from_file=from_file,
+            all_versions=all_versions,
             workers=workers,
             dry_run=dry_run,
             yes=yes,
@@ -104,9 +115,12 @@ def delete(
     if as_json:
         print_json({**vars(result), "ok": result.ok, "next": hint})
     else:
+        listed = f"{result.listed:,}"
+        if result.versions or result.delete_markers:
+            listed += f" ({result.versions:,} versions, {result.delete_markers:,} delete markers)"
         rows: list[tuple[str, object]] = [
             ("target", result.target),
-            ("listed", f"{result.listed:,}"),
+            ("listed", listed),
             (
                 "would delete" if result.dry_run else "deleted",
                 f"{result.would_delete if result.dry_run else result.deleted:,}",
@@ -128,6 +142,8 @@ def delete(
                 f"[yellow]{result.missing_source_count:,} source raw object(s) are gone[/], e.g. "
                 + ", ".join(escape(s) for s in result.missing_sources)
             )
+        if result.history:
+            console.print(f"[yellow]history kept:[/] {escape(result.history)}")
         if result.dry_run:
             console.print("dry run: nothing changed")
         if result.aborted:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -17,10 +17,16 @@ from sluice.layout import (
     partition_prefix,
     table_prefix,
 )
-from sluice.ops.delete.batches import DeleteRun, default_failed_keys_file, file_keys
+from sluice.ops.delete.batches import DeleteRun, default_failed_keys_file, file_entries
 from sluice.ops.delete.limiter import Backoff, Limiter
-from sluice.ops.delete.model import SAMPLE_SIZE, DeleteProgress, DeleteResult, OnProgress
-from sluice.ops.delete.sources import FOOTER_READERS, SOURCE_REF_METADATA, SourceCheck
+from sluice.ops.delete.model import SAMPLE_SIZE, DeleteProgress, DeleteResult, Entry, OnProgress
+from sluice.ops.delete.sources import (
+    FOOTER_READERS,
+    SOURCE_REF_METADATA,
+    TAIL_BYTES,
+    SourceCheck,
+    read_source_ref,
+)
 from sluice.ops.guard import confirm_destructive
 from sluice.ops.queues import command_prefix
 
@@ -29,10 +35,12 @@ __all__ = [
     "FOOTER_READERS",
     "SAMPLE_SIZE",
     "SOURCE_REF_METADATA",
+    "TAIL_BYTES",
     "Backoff",
     "DeleteProgress",
     "DeleteResult",
     "DeleteRun",
+    "Entry",
     "Limiter",
     "OnProgress",
     "SourceCheck",
@@ -40,6 +48,7 @@ __all__ = [
     "delete",
     "next_step",
     "plan_target",
+    "read_source_ref",
 ]
 
 DEFAULT_WORKERS = 8
@@ -84,6 +93,7 @@ def plan_target(
                 f"unknown type {unknown[0]!r}", hint=f"use one of {', '.join(ALL_TYPES)}"
             )
         prefixes = [table_prefix(t) if day is None else partition_prefix(t, day) for t in types]
+        prefixes = list(dict.fromkeys(prefixes))  # a type named twice is listed once
         return f"type {', '.join(types)}" + (f", day {day}" if day else ""), prefixes
     if prefix is not None:
         uri = parse_uri(prefix)
@@ -107,6 +117,7 @@ def delete(
     prefix: str | None = None,
     day: str | None = None,
     from_file: Path | None = None,
+    all_versions: bool = False,
     workers: int = DEFAULT_WORKERS,
     dry_run: bool = False,
     yes: bool = False,
@@ -119,20 +130,26 @@ def delete(
 ) -> DeleteResult:
     """Delete the verified files of `types` (on `day`), under `prefix`, or named in `from_file`.
 
-    `dry_run` lists, counts, samples and checks sources, and changes nothing. Files whose source
-    raw object is gone are refused (and named in the failed-keys file) unless
-    `allow_missing_sources`. Keys not deleted are written to `failed_keys_file` (default: a
-    timestamped file in the working directory), created only when one is; `result.ok` is False
-    then. `command` is the operator's command line, for the guard's hint. How the batches run
-    is told in `DeleteRun`. An interrupted delete resumes by running it again: what was deleted
-    is no longer listed.
+    On a versioned bucket a plain delete only adds delete markers: the earlier versions stay
+    (billed, restorable), which `result.history` says. `all_versions` deletes every version and
+    delete marker of the targeted files instead (on a bucket without versions it is a plain
+    delete). `dry_run` lists, counts (versions and delete markers too), samples and checks
+    sources, and changes nothing. Files whose source raw object is gone are refused (and named
+    in the failed-keys file) unless `allow_missing_sources`. Entries not deleted are written to
+    `failed_keys_file` (default: a timestamped file in the working directory; a version's line
+    carries its version id), created only when one is; `result.ok` is False then. `command` is
+    the operator's command line, for the guard's hint. How the batches run is told in
+    `DeleteRun`. An interrupted delete resumes by running it again: what was deleted is no
+    longer listed.
 
     Raises:
         ConfigError: a bad target (see `plan_target`), `workers` or `batch_size` out of range,
-            a malformed from-file, the failed-keys file being the from-file.
+            a malformed from-file, one naming versions without `all_versions`, the failed-keys
+            file being the from-file.
         InvalidKey: the prefix is not an s3:// URI.
         ProtectedEnvironment: a protected environment without `yes` (nothing deleted).
-        SluiceError: listing failed (what was deleted before stays deleted; run it again).
+        SluiceError: listing failed, or telling whether the bucket is versioned did (what was
+            deleted before stays deleted; run it again).
     """
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}", hint="e.g. --workers 8")
@@ -149,10 +166,20 @@ def delete(
                 "--failed-keys must differ from --from-file (it is rewritten while read)",
                 hint="leave --failed-keys out: a new timestamped file is used",
             )
-        for _ in file_keys(from_file, bucket, check_only=True):
-            pass  # a malformed line is refused before anything is deleted
+        # Every line is read first: a malformed one is refused before anything is deleted.
+        names_versions = False
+        for entry in file_entries(from_file, bucket):
+            names_versions |= entry.version_id is not None
+        if names_versions and not all_versions:
+            raise ConfigError(
+                f"--from-file {from_file} names versions (written by --all-versions)",
+                hint="add --all-versions to delete them",
+            )
+    versioned = env.store.versioned(bucket)
+    by_version = all_versions and versioned
     where = [f"s3://{bucket}/{p}" for p in prefixes] or [str(from_file)]
-    plan = f"delete every verified file of {target}: " + ", ".join(where)
+    what = "every version and delete marker of " if by_version else ""
+    plan = f"delete {what}every verified file of {target}: " + ", ".join(where)
     go = confirm_destructive(env, plan, yes=yes, dry_run=dry_run, command=command)
     result = DeleteResult(
         target=target,
@@ -162,13 +189,20 @@ def delete(
         dry_run=not go,
         workers=workers,
         sources_checked=not allow_missing_sources,
+        all_versions=all_versions,
+        versioned=versioned,
         lowest_workers=workers,
     )
-    keys = (
-        file_keys(from_file, bucket)
-        if from_file is not None
-        else (o.key for p in prefixes for o in env.store.list(bucket, p))
-    )
+    if versioned and not all_versions:
+        result.history = (
+            f"s3://{bucket} keeps versions: this delete {'would add' if not go else 'adds'} "
+            "delete markers only, and every earlier version stays (billed, restorable); "
+            "--all-versions removes them"
+        )
+    if from_file is not None:
+        listings = [_file_listing(env, from_file, bucket, by_version)]
+    else:
+        listings = [_listing(env, bucket, p, by_version) for p in prefixes]
     run = DeleteRun(
         env,
         result,
@@ -178,7 +212,7 @@ def delete(
         check_sources=not allow_missing_sources,
     )
     started = time.monotonic()
-    run.run(keys, on_progress)
+    run.run(listings, on_progress)
     result.seconds = time.monotonic() - started
     result.lowest_workers = run.limiter.lowest
     if run.crash is not None:
@@ -190,11 +224,32 @@ def delete(
     return result
 
 
+def _listing(env: Env, bucket: str, prefix: str, by_version: bool) -> Iterator[Entry]:
+    if not by_version:
+        return (Entry(o.key) for o in env.store.list(bucket, prefix))
+    versions = env.store.list_versions(bucket, prefix)
+    return (Entry(v.key, v.version_id, v.delete_marker) for v in versions)
+
+
+def _file_listing(env: Env, path: Path, bucket: str, by_version: bool) -> Iterator[Entry]:
+    """The entries of a failed-keys file; by version, a key without one stands for all of its
+    versions and delete markers."""
+    for entry in file_entries(path, bucket):
+        if not by_version or entry.version_id is not None:
+            yield entry
+        else:
+            for v in env.store.list_versions(bucket, entry.key):
+                if v.key == entry.key:  # not the keys it is a prefix of
+                    yield Entry(v.key, v.version_id, v.delete_marker)
+
+
 def next_step(env: Env, result: DeleteResult) -> str | None:
     """The command that finishes a delete that did not go through, or None."""
     if result.ok or result.dry_run or result.failed_keys_file is None:
         return None
     again = f"{command_prefix(env)} delete --from-file {result.failed_keys_file}"
+    if result.all_versions:
+        again += " --all-versions"
     if result.refused and not result.failed:
         return (
             f"redrive or restore the missing sources; or, to delete files that cannot be "
