@@ -5,6 +5,7 @@ through pyarrow, lake data files through DuckDB."""
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -16,16 +17,22 @@ from sluice.layout import parse_verified_key
 
 # The AWS environment on the moto server, for the tests that run on both backends.
 from tests.aws.conftest import aws_config, aws_env  # noqa: F401
-from tests.e2e.conftest import Run, copy_run, run_pipeline, verified_files
+from tests.e2e.conftest import NOW, Run, copy_run, run_pipeline, verified_files
 
 Key = tuple[str, int]  # (event_id, ordinal)
 
 
 @pytest.fixture(scope="session")
 def base_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """2,000 events over the last day (two UTC days; resends and bad lines included),
-    processed; not compacted."""
-    return run_pipeline(tmp_path_factory.mktemp("lake"), events=2_000, days=1, bad_fraction=0.02)
+    """2,000 events over the 24 hours before the last noon (UTC: 13 hours of one day, 11 of the
+    next, whatever the time the tests run; resends and bad lines included), processed; not
+    compacted."""
+    noon = NOW.replace(hour=12)
+    if noon > NOW:
+        noon -= timedelta(days=1)
+    return run_pipeline(
+        tmp_path_factory.mktemp("lake"), events=2_000, days=1, bad_fraction=0.02, now=noon
+    )
 
 
 @pytest.fixture

@@ -80,6 +80,7 @@ def run_pipeline(
     max_object_bytes: int = 128 * 1024,
     process: bool = True,
     config: EnvConfig | None = None,
+    now: datetime = NOW,
 ) -> Run:
     """generate → ingest (small raw objects) → one worker until idle (unless `process` is false)."""
     started = datetime.now(UTC)
@@ -91,7 +92,7 @@ def run_pipeline(
         days=days,
         bad_fraction=bad_fraction,
         seed=seed,
-        now=NOW,
+        now=now,
         huge_lines=huge_lines,
     )
     env = open_env(config)
