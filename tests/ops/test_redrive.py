@@ -299,7 +299,8 @@ def test_backpressure_holds_the_visible_count_at_or_below_the_limit(env: Env) ->
             thread.join()
     assert result.sending.sent == 60
     assert result.sending.pauses >= 1 and any(e.kind == "paused" for e in events)
-    assert len(seen) > 100 and max(seen) <= limit
+    # Sampled all along the run (the count depends on how busy the machine is, not the code).
+    assert len(seen) > 20 and max(seen) <= limit
 
 
 def test_the_rate_limit_paces_the_sends(env: Env) -> None:
