@@ -92,3 +92,16 @@ def aws_clients(moto_endpoint: str) -> object:
     return AwsClients(
         EnvConfig(name="moto", backend="aws", region=REGION, endpoint_url=moto_endpoint)
     )
+
+
+def deny_deletes(s3_client: Any, bucket: str, keys: str) -> None:
+    """A bucket policy that refuses deleting the keys matching `keys` (a `*` pattern), every
+    version included: S3 then answers DeleteObjects with per-key errors for them."""
+    statement = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
+        "Resource": f"arn:aws:s3:::{bucket}/{keys}",
+    }
+    policy = {"Version": "2012-10-17", "Statement": [statement]}
+    s3_client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -43,6 +42,7 @@ from sluice.errors import (
     TerminalError,
     TransientError,
 )
+from tests.conftest import deny_deletes
 
 BUCKET = "bucket"
 OTHER = "other-bucket"
@@ -743,20 +743,9 @@ def test_s3_delete_reports_per_key_errors_of_a_200_answer(
 ) -> None:
     # A bucket policy that denies DeleteObject under `locked/`: moto, like S3, answers 200 and
     # lists the denied keys under Errors.
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:DeleteObject",
-                "Resource": f"arn:aws:s3:::{BUCKET}/locked/*",
-            }
-        ],
-    }
     for key in ["locked/a", "free/b"]:
         s3.put(BUCKET, key, b"x")
-    s3_client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
+    deny_deletes(s3_client, BUCKET, "locked/*")
 
     result = s3.delete_batch(BUCKET, ["locked/a", "free/b", "../bad"])
 
@@ -986,18 +975,7 @@ def test_s3_delete_versions_reports_per_version_errors(
     s3 = versioned
     for key in ["locked/a", "locked/a", "free/b"]:
         s3.put(BUCKET, key, b"x")
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
-                "Resource": f"arn:aws:s3:::{BUCKET}/locked/*",
-            }
-        ],
-    }
-    s3_client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
+    deny_deletes(s3_client, BUCKET, "locked/*")
     listed = [v.ref for v in s3.list_versions(BUCKET)]
     result = s3.delete_versions(BUCKET, listed)
     assert [ref.key for ref in result.deleted] == ["free/b"]

@@ -19,6 +19,7 @@ from sluice.layout import ObjectUri, source_hash, verified_key
 from sluice.ops.delete import delete
 from sluice.process.processor import process_object
 from tests.aws.conftest import aws_config, aws_env, write_toml  # noqa: F401 (fixtures)
+from tests.conftest import deny_deletes
 from tests.ops.test_delete import SOURCE_A, SOURCE_B, build, cli, failed_lines, verified
 
 pytestmark = pytest.mark.aws
@@ -112,18 +113,7 @@ def test_failed_versions_go_to_a_file_that_from_file_finishes(
     client: Any = env.aws.client("s3") if env.aws else None
     bucket = env.config.buckets.verified
     locked = max(k for k, _, _ in lock(history(env)))  # A's, without a delete marker
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
-                "Resource": f"arn:aws:s3:::{bucket}/{locked}",
-            }
-        ],
-    }
-    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    deny_deletes(client, bucket, locked)
     config = write_toml(tmp_path / "sluice.toml", aws_config)
     base = ["--config", str(config), "--env", "moto", "delete"]
     code, _, err = cli(
