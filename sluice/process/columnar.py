@@ -161,6 +161,14 @@ class FastBatch:
     def __len__(self) -> int:
         return len(self.lines)
 
+    def slice(self, start: int, stop: int | None = None) -> FastBatch:
+        """The lines from `start` to `stop`, as a batch of their own."""
+        stop = len(self.lines) if stop is None else stop
+        extras = {i - start: x for i, x in self.extras.items() if start <= i < stop}
+        return FastBatch(
+            self.numbers[start:stop], self.lines[start:stop], self.occurred_at[start:stop], extras
+        )
+
     def settle(self, arrived_at: datetime) -> tuple[FastBatch, pa.Array, list[tuple[int, bytes]]]:
         """(the lines whose occurred_at the column check accepts, their times in microseconds,
         the (number, line) of the others, for the per-line rule)."""

@@ -22,6 +22,8 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
+import pyarrow as pa
+
 from sluice.backends.catalog.base import Partition
 from sluice.backends.ledger.base import Claim, ClaimOutcome, Counts, Output, SourceRef
 from sluice.env import Env
@@ -35,6 +37,7 @@ from sluice.process.quarantine import QuarantineWriter
 
 MISSING_ETAG = ""
 FAST_BATCH_LINES = 65_536  # per DuckDB read, and per partition slice of every column
+SMALLEST_BATCH = 64  # a refused batch is halved down to this, then taken line by line
 
 
 class ProcessOutcome(StrEnum):
@@ -222,8 +225,19 @@ class _Lines:
         batch, occurred_us, others = batch.settle(self.arrived_at)
         for number, data in others:
             self.decide(RawLine(number, data, len(data)))
-        table = batch.read(self.scratch) if batch else None
-        if table is None:  # the reader disagreed with the check: take the lines one by one
+        if batch:
+            self._columnar(batch, occurred_us)
+
+    def _columnar(self, batch: FastBatch, occurred_us: pa.Array) -> None:
+        table = batch.read(self.scratch)
+        if table is None:
+            # The reader refused a line the check passed (a duplicate key, say): halve the
+            # batch until the lines it refuses are few, and take those one by one.
+            if len(batch) > SMALLEST_BATCH:
+                half = len(batch) // 2
+                self._columnar(batch.slice(0, half), occurred_us.slice(0, half))
+                self._columnar(batch.slice(half), occurred_us.slice(half))
+                return
             for number, data in zip(batch.numbers, batch.lines, strict=True):
                 self.decide(RawLine(number, data, len(data)))
             return

@@ -249,3 +249,41 @@ def test_columnar_and_row_paths_write_the_same_rows(
     rows = process_object(env, uri, force=True)
     assert rows.counts == columnar.counts
     assert snapshot() == first
+
+
+def test_a_line_the_reader_refuses_costs_its_neighbours_nothing(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # msgspec takes a duplicate key (the last value wins); DuckDB's reader refuses the whole
+    # batch. The batch is halved until that line is among a few taken one by one.
+    import sluice.process.processor as processor
+
+    events = [line(make_event(f"e{i}")) for i in range(4000)]
+    duplicate = make_event("dup")
+    text = json.dumps(duplicate).replace('"device_id": ', '"device_id": "first", "device_id": ', 1)
+    events[2500] = text.encode()
+    per_line: list[int] = []
+    rule = processor.parse_line
+
+    def counted(data: bytes, arrived_at: Any) -> Any:
+        per_line.append(1)
+        return rule(data, arrived_at)
+
+    monkeypatch.setattr(processor, "parse_line", counted)
+    uri = put_raw(env, events)
+    result = process_object(env, uri)
+    assert result.counts is not None
+    assert (result.counts.good_lines, result.counts.quarantined_lines) == (4000, 0)
+    assert 0 < len(per_line) <= processor.SMALLEST_BATCH
+    rows = []
+    for key in verified_files(env):
+        with env.store.open(env.config.buckets.verified, key) as f:
+            columns = ["envelope__event_id", "envelope__device_id", "envelope__line"]
+            rows += pq.read_table(f, columns=columns).to_pylist()
+    assert sorted(r["envelope__line"] for r in rows) == sorted(list(range(1, 4001)) * 2)
+    # The last value, as the per-line rule reads it.
+    assert {
+        "envelope__event_id": "dup",
+        "envelope__device_id": "dev-1",
+        "envelope__line": 2501,
+    } in (rows)
