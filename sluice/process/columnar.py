@@ -9,12 +9,14 @@ Lines that do not pass either check are left to `parse_line`, one by one (extras
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import compress
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import duckdb
 import pyarrow as pa
@@ -25,7 +27,6 @@ from sluice.process.parse import (
     EARLIEST,
     MAX_AHEAD_OF_ARRIVAL,
     Extras,
-    FastLine,
     LineRejected,
     check_occurred_at,
 )
@@ -131,6 +132,17 @@ def _micros(text: str, arrived_at: datetime) -> int | None:
     return round(occurred_at.timestamp() * 1_000_000)
 
 
+def positions(values: list[Any], target: Any) -> list[int]:
+    """Where `target` is in `values`: searched in C between hits, for the rare ones."""
+    found: list[int] = []
+    index = -1
+    with contextlib.suppress(ValueError):
+        while True:
+            index = values.index(target, index + 1)
+            found.append(index)
+    return found
+
+
 @dataclass
 class FastBatch:
     """Lines that passed `fast_check`, waiting to be parsed together."""
@@ -140,23 +152,24 @@ class FastBatch:
     occurred_at: list[str] = field(default_factory=list)
     extras: dict[int, Extras] = field(default_factory=dict)  # by index, for the few that have any
 
-    def extend(self, first: int, lines: list[bytes], checked: list[FastLine | None]) -> None:
+    def extend(self, first: int, lines: list[bytes], checked: list[str | Extras | None]) -> None:
         """Add the lines `fast_check` passed (`checked[i]` is the check of `lines[i]`, numbered
-        from `first`); the others (None) are not added."""
-        passed: list[FastLine]
+        from `first`); the others (None) are not added. Every step is a loop in C: a passed
+        line's check is truthy (a non-empty occurred_at or an Extras), a refused one's None."""
+        numbers: Iterable[int] = range(first, first + len(lines))
         if None in checked:
-            taken = [i for i, fast in enumerate(checked) if fast is not None]
-            lines = [lines[i] for i in taken]
-            numbers: Iterable[int] = [first + i for i in taken]
-            passed = [fast for fast in checked if fast is not None]
-        else:
-            numbers = range(first, first + len(lines))
-            passed = cast(list[FastLine], checked)
+            numbers = list(compress(numbers, checked))
+            lines = list(compress(lines, checked))
+            checked = list(filter(None, checked))
+        occurred_at = cast(list[str], checked.copy())
         start = len(self.lines)
-        self.extras.update({start + i: x for i, (_, x) in enumerate(passed) if x is not None})
+        for index in positions(list(map(type, checked)), Extras):
+            extras = cast(Extras, checked[index])
+            self.extras[start + index] = extras
+            occurred_at[index] = extras.occurred_at
         self.numbers.extend(numbers)
         self.lines.extend(lines)
-        self.occurred_at.extend([occurred_at for occurred_at, _ in passed])
+        self.occurred_at.extend(occurred_at)
 
     def __len__(self) -> int:
         return len(self.lines)

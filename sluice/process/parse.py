@@ -34,6 +34,7 @@ _encode_json = msgspec.json.Encoder(order="sorted").encode
 REQUIRED_STRINGS = ("event_id", "type", "event_kind", "device_id")
 _PAYLOAD_KNOWN = {t: frozenset((*spec.payload_fields, "assertions")) for t, spec in SPECS.items()}
 ENVELOPE_KNOWN = frozenset((*REQUIRED_STRINGS, "occurred_at", "schema_version", "batch_id"))
+ASSERTION_KNOWN = frozenset(ASSERTION_FIELDS)
 TOP_LEVEL_KNOWN = frozenset(("envelope", "payload"))
 
 
@@ -96,9 +97,10 @@ def _check(value: Any, kind: FieldKind, where: str) -> Any:
     raise LineRejected("wrong_type", f"{where}: expected {kind.value}, got {_type_name(value)}")
 
 
-def _extra(obj: dict[str, Any], known: frozenset[str] | dict[str, Any]) -> str | None:
-    unknown = {k: v for k, v in obj.items() if k not in known}
-    return _encode_json(unknown).decode() if unknown else None
+def _extra(obj: dict[str, Any], known: frozenset[str]) -> str | None:
+    if obj.keys() <= known:  # the common case, tested in C
+        return None
+    return _encode_json({k: v for k, v in obj.items() if k not in known}).decode()
 
 
 def parse_timestamp(value: Any, where: str) -> datetime:
@@ -144,14 +146,15 @@ def _extras(
     obj: dict[str, Any], env: dict[str, Any], payload: dict[str, Any], type_: str
 ) -> tuple[str | None, str | None]:
     """The fields the schema does not know, as JSON: (envelope__extra, payload__extra)."""
-    known = _PAYLOAD_KNOWN[type_]
-    extra_payload = {k: v for k, v in payload.items() if k not in known}
-    top_extra = {k: v for k, v in obj.items() if k not in TOP_LEVEL_KNOWN}
-    if top_extra:
+    if obj.keys() <= TOP_LEVEL_KNOWN:
+        payload_extra = _extra(payload, _PAYLOAD_KNOWN[type_])
+    else:
         # Top-level keys other than envelope/payload are kept with the payload's extras, under
         # a prefix that cannot clash with a payload field name.
-        extra_payload.update({f"$.{k}": v for k, v in top_extra.items()})
-    payload_extra = _encode_json(extra_payload).decode() if extra_payload else None
+        known = _PAYLOAD_KNOWN[type_]
+        extra_payload = {k: v for k, v in payload.items() if k not in known}
+        extra_payload.update({f"$.{k}": v for k, v in obj.items() if k not in TOP_LEVEL_KNOWN})
+        payload_extra = _encode_json(extra_payload).decode()
     return _extra(env, ENVELOPE_KNOWN), payload_extra
 
 
@@ -237,7 +240,7 @@ def _assertions(value: Any) -> tuple[tuple[Any, ...], ...]:
         if type(element) is not dict:
             raise LineRejected("wrong_type", f"{where}: expected object, got {_type_name(element)}")
         checked = [_check(element.get(n), k, f"{where}.{n}") for n, k in ASSERTION_FIELDS.items()]
-        checked.append(_extra(element, ASSERTION_FIELDS))
+        checked.append(_extra(element, ASSERTION_KNOWN))
         out.append(tuple(checked))
     return tuple(out)
 
@@ -269,26 +272,24 @@ def _all_payload_fields() -> dict[str, FieldKind]:
 
 
 _PAYLOAD_FIELDS = _all_payload_fields()
+_UNSET = msgspec.UNSET
 
 
-def _assertion_struct(name: str, *, forbid: bool) -> Any:
-    return msgspec.defstruct(
-        name,
+def _event_struct(name: str, *, forbid: bool) -> Any:
+    """The event as msgspec structs, whose payload knows every type's fields; `forbid` refuses
+    unknown fields at every level. Not tracked by the garbage
+    collector (they hold no cycles): a line makes several, and tracking them makes the
+    collector run every few hundred lines."""
+    assertion = msgspec.defstruct(
+        f"{name}Assertion",
         [(n, _MSGSPEC_TYPES[k] | None, None) for n, k in ASSERTION_FIELDS.items()],
         forbid_unknown_fields=forbid,
         gc=False,
     )
-
-
-def _event_struct(name: str, *, forbid: bool) -> Any:
-    """The event as msgspec structs; `forbid` refuses unknown fields at every level. Not tracked
-    by the garbage collector (they hold no cycles): a line makes several, and tracking them
-    makes the collector run every few hundred lines."""
-    assertion = _assertion_struct(f"{name}Assertion", forbid=forbid)
     payload = msgspec.defstruct(
         f"{name}Payload",
         [
-            (n, _MSGSPEC_TYPES[k] | None | msgspec.UnsetType, msgspec.UNSET)
+            (n, _MSGSPEC_TYPES[k] | None | msgspec.UnsetType, _UNSET)
             for n, k in _PAYLOAD_FIELDS.items()
         ]
         + [("assertions", list[assertion] | None | msgspec.UnsetType, msgspec.UNSET)],  # type: ignore[valid-type]
@@ -302,7 +303,8 @@ def _event_struct(name: str, *, forbid: bool) -> Any:
             ("type", Literal["lock", "bridge", "video_doorbell"]),
             ("event_kind", _NonEmpty),
             ("device_id", _NonEmpty),
-            ("occurred_at", str),
+            # Non-empty, so that a passed line's occurred_at is truthy (`columnar.FastBatch`).
+            ("occurred_at", _NonEmpty),
             ("schema_version", Annotated[int, msgspec.Meta(ge=INT64_RANGE[0], le=INT64_RANGE[1])]),
             ("batch_id", str | None, None),
         ],
@@ -317,20 +319,13 @@ def _event_struct(name: str, *, forbid: bool) -> Any:
     )
 
 
-_FastEvent = _event_struct("_FastEvent", forbid=True)
-_LenientEvent = _event_struct("_LenientEvent", forbid=False)
-
-
 # parse_line builds assertion tuples in this order, and the envelope type is spelled out above.
 assert tuple(ASSERTION_FIELDS) == ("component_name", "passed", "code", "measured_value")
 assert set(SPECS) == {"lock", "bridge", "video_doorbell"}
 
-_fast_decode = msgspec.json.Decoder(_FastEvent).decode
-_lenient_decode = msgspec.json.Decoder(_LenientEvent).decode
-# Per type: its payload fields in column order, and the other types' fields (unknown to it).
+_fast_decode = msgspec.json.Decoder(_event_struct("_FastEvent", forbid=True)).decode
+_lenient_decode = msgspec.json.Decoder(_event_struct("_LenientEvent", forbid=False)).decode
 _OWN = {t: tuple(spec.payload_fields) for t, spec in SPECS.items()}
-_FOREIGN = {t: tuple(n for n in _PAYLOAD_FIELDS if n not in _OWN[t]) for t in SPECS}
-_UNSET = msgspec.UNSET
 
 
 def _values_of(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
@@ -343,13 +338,12 @@ def _values_of(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     return lambda obj: ()
 
 
-# Per type, the other types' fields: all UNSET means none of them is in the payload.
-_FOREIGN_VALUES = {t: _values_of(names) for t, names in _FOREIGN.items()}
-
-
-def _has_foreign(type_: str, payload: Any) -> bool:
-    values = _FOREIGN_VALUES[type_](payload)
-    return values.count(_UNSET) != len(values)
+# Per type, a getter of the other types' payload fields (unknown to it: they go to extras, on
+# the slow path): all UNSET means none of them is in the payload.
+_FOREIGN_VALUES = {
+    t: _values_of(tuple(n for n in _PAYLOAD_FIELDS if n not in _OWN[t])) for t in SPECS
+}
+_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
 
 
 def _fast_struct(line: bytes) -> Any:
@@ -358,12 +352,13 @@ def _fast_struct(line: bytes) -> Any:
         return None
     try:
         raw = _fast_decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+    except _DECODE_ERRORS:
         return None
     payload = raw.payload
-    # A field of another type is unknown to this one: it goes to extras, on the slow path.
-    if payload is not None and _has_foreign(raw.envelope.type, payload):
-        return None
+    if payload is not None:
+        foreign = _FOREIGN_VALUES[raw.envelope.type](payload)
+        if foreign.count(_UNSET) != len(foreign):
+            return None
     return raw
 
 
@@ -371,39 +366,38 @@ def _fast_struct(line: bytes) -> Any:
 class Extras:
     """A line's fields the schema does not know, as JSON (the `*__extra` columns)."""
 
+    occurred_at: str  # as written, like a line without extras (see `fast_check`)
     envelope: str | None
     payload: str | None
     assertions: tuple[str | None, ...]  # one per assertion, in order
 
 
-# What the columnar path needs of a line `fast_check` passed: its occurred_at as written
-# (checked later, a column at a time: `columnar.occurred_micros`) and its unknown fields, if
-# any. A plain tuple: one is made for every line.
-FastLine = tuple[str, Extras | None]
-
-
-def fast_check(line: bytes) -> FastLine | None:
-    """The line's columnar-path facts if it is a valid event (all but the occurred_at rule),
-    else None (then `parse_line` decides it)."""
+def fast_check(line: bytes) -> str | Extras | None:
+    """What the columnar path needs of a valid event (valid by every rule but occurred_at's):
+    its occurred_at as written (checked later, a column at a time: `columnar.occurred_micros`),
+    with its unknown fields if it has any. None when `parse_line` must decide the line."""
     if len(line) > MAX_LINE_BYTES:
         return None
     try:
         raw = _fast_decode(line)
         payload = raw.payload
-        if payload is None or not _has_foreign(raw.envelope.type, payload):
-            return raw.envelope.occurred_at, None
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        if payload is None:
+            return raw.envelope.occurred_at  # type: ignore[no-any-return]
+        foreign = _FOREIGN_VALUES[raw.envelope.type](payload)  # inline: once per line
+        if foreign.count(_UNSET) == len(foreign):
+            return raw.envelope.occurred_at  # type: ignore[no-any-return]
+    except _DECODE_ERRORS:
         # Valid but for unknown fields? The lenient structs check everything else in C.
         try:
             raw = _lenient_decode(line)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        except _DECODE_ERRORS:
             return None
     obj = _decode(line)
     payload = obj.get("payload") or {}
     envelope_extra, payload_extra = _extras(obj, obj["envelope"], payload, raw.envelope.type)
     elements = payload.get("assertions") or ()
-    assertions = tuple(_extra(element, ASSERTION_FIELDS) for element in elements)
-    return raw.envelope.occurred_at, Extras(envelope_extra, payload_extra, assertions)
+    assertions = tuple(_extra(element, ASSERTION_KNOWN) for element in elements)
+    return Extras(raw.envelope.occurred_at, envelope_extra, payload_extra, assertions)
 
 
 def parse_line(line: bytes, arrived_at: datetime) -> Event:

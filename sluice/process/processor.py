@@ -29,7 +29,7 @@ from sluice.backends.ledger.base import Claim, ClaimOutcome, Counts, Output, Sou
 from sluice.env import Env
 from sluice.errors import LeaseLost, ObjectNotFound, SluiceError, TerminalError, TransientError
 from sluice.layout import ObjectUri, arrival_time_from_key, parse_uri
-from sluice.process.columnar import FastBatch, partitions
+from sluice.process.columnar import FastBatch, partitions, positions
 from sluice.process.lines import LineBlock, RawLine, iter_line_blocks
 from sluice.process.outputs import PartitionWriter, stale_uris
 from sluice.process.parse import MAX_LINE_BYTES, LineRejected, fast_check, parse_line
@@ -192,14 +192,12 @@ class _Lines:
         """Every line of the block: blank ones counted, the rest sent on their way."""
         self.lines += len(block.lines)
         checked = list(map(fast_check, block.lines))  # the common case, with no Python loop
-        if None in checked:
-            for index, fast in enumerate(checked):
-                if fast is None:
-                    data = block.lines[index]
-                    if index not in block.sizes and (not data or data.isspace()):
-                        self.blank += 1
-                    else:
-                        self.decide(block.raw(index))
+        for index in positions(checked, None):
+            data = block.lines[index]
+            if index not in block.sizes and (not data or data.isspace()):
+                self.blank += 1
+            else:
+                self.decide(block.raw(index))
         self.batch.extend(block.first, block.lines, checked)
         if len(self.batch) >= FAST_BATCH_LINES:
             self.flush()

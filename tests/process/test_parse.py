@@ -314,27 +314,64 @@ def test_fast_path_agrees_with_parse_event(
         del obj["payload"]
     if top_level_extra:
         obj["meta"] = 1
-    raw = json.dumps(obj).encode()
-    fast = outcome(lambda b: parse_line(b, ARRIVED), raw)
-    slow = outcome(lambda b: parse_event(decode_line(b), ARRIVED), raw)
-    assert fast == slow
-    # The columnar path's checks: they take only lines parse_event accepts, with the same facts.
+    # Compact JSON takes the per-type structs (the type is spelled as the marker), spaced JSON
+    # the structs of every type: both must agree with parse_event.
+    for raw in (json.dumps(obj, separators=(",", ":")).encode(), json.dumps(obj).encode()):
+        fast = outcome(lambda b: parse_line(b, ARRIVED), raw)
+        slow = outcome(lambda b: parse_event(decode_line(b), ARRIVED), raw)
+        assert fast == slow
+        assert_columnar_checks_agree(raw, slow)
+
+
+def assert_columnar_checks_agree(raw: bytes, slow: Any) -> None:
+    """The columnar path's checks take only lines parse_event accepts, with the same facts."""
     from sluice.process.columnar import occurred_micros
-    from sluice.process.parse import fast_check
+    from sluice.process.parse import Extras, fast_check
 
     checked = fast_check(raw)
-    if checked is not None:
-        occurred_at, extras = checked
-        micros = occurred_micros([occurred_at], ARRIVED)[0].as_py()
-        if micros is not None:
-            assert isinstance(slow, Event)
-            assert micros == round(slow.occurred_at.timestamp() * 1_000_000)
-            assertion_extras = [a[-1] for a in slow.assertions]
-            slow_extras = (slow.envelope_extra, slow.payload_extra, assertion_extras)
-            if extras is None:
-                assert slow_extras == (None, None, [None] * len(slow.assertions))
-            else:
-                assert slow_extras == (extras.envelope, extras.payload, list(extras.assertions))
+    if checked is None:
+        return
+    extras = checked if isinstance(checked, Extras) else None
+    occurred_at = checked.occurred_at if isinstance(checked, Extras) else checked
+    assert occurred_at  # truthy: FastBatch.extend relies on it
+    micros = occurred_micros([occurred_at], ARRIVED)[0].as_py()
+    if micros is None:
+        return
+    assert isinstance(slow, Event)
+    assert micros == round(slow.occurred_at.timestamp() * 1_000_000)
+    assertion_extras = [a[-1] for a in slow.assertions]
+    slow_extras = (slow.envelope_extra, slow.payload_extra, assertion_extras)
+    if extras is None:
+        assert slow_extras == (None, None, [None] * len(slow.assertions))
+    else:
+        assert slow_extras == (extras.envelope, extras.payload, list(extras.assertions))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # The marker of one type, the envelope of another: the guess fails, the line is kept.
+        b'{"envelope":{"event_id":"e","type":"bridge","event_kind":"k","device_id":"d",'
+        b'"occurred_at":"2025-11-24T10:00:00Z","schema_version":1},'
+        b'"payload":{"note":{"type":"lock"},"uptime_s":5}}',
+        # Another type's field in a payload: unknown to this type, kept as an extra.
+        b'{"envelope":{"event_id":"e","type":"lock","event_kind":"k","device_id":"d",'
+        b'"occurred_at":"2025-11-24T10:00:00Z","schema_version":1},"payload":{"uptime_s":5}}',
+        b'{"envelope": {"event_id": "e", "type": "lock", "event_kind": "k", "device_id": "d", '
+        b'"occurred_at": "2025-11-24T10:00:00Z", "schema_version": 1}, '
+        b'"payload": {"uptime_s": null}}',
+        # An empty occurred_at: refused by both.
+        b'{"envelope":{"event_id":"e","type":"lock","event_kind":"k","device_id":"d",'
+        b'"occurred_at":"","schema_version":1}}',
+    ],
+)
+def test_fast_path_agrees_with_parse_event_on_type_guesses(line: bytes) -> None:
+    from sluice.process.parse import parse_line
+
+    fast = outcome(lambda b: parse_line(b, ARRIVED), line)
+    slow = outcome(lambda b: parse_event(decode_line(b), ARRIVED), line)
+    assert fast == slow
+    assert_columnar_checks_agree(line, slow)
 
 
 def _two(low: int, high: int) -> st.SearchStrategy[str]:
