@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from itertools import compress
 from pathlib import Path
 from typing import Any, cast
@@ -202,21 +203,29 @@ class FastBatch:
                 others.append((self.numbers[index], self.lines[index]))
         return kept, micros.drop_null(), others
 
-    def extra_columns(self, assertion_offsets: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
-        """envelope__extra and payload__extra (one value per line), and the extra of each
-        assertion (placed by `assertion_offsets`: where each line's assertions start)."""
-        envelope: list[str | None] = [None] * len(self.lines)
-        payload: list[str | None] = [None] * len(self.lines)
-        elements: list[str | None] = [None] * (assertion_offsets[-1].as_py() if self.lines else 0)
-        for index, extras in self.extras.items():
-            envelope[index] = extras.envelope
-            payload[index] = extras.payload
+    def extra_columns(
+        self, event_of_row: pa.Array, element_of_row: pa.Array, assertion_offsets: pa.Array
+    ) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """envelope__extra, payload__extra and payload__assertion__extra of every row, for rows
+        of the lines `event_of_row` and the assertions `element_of_row` (indices into the
+        flattened assertions, which start at `assertion_offsets` for each line)."""
+        if not self.extras:
+            nulls = pa.nulls(len(event_of_row), pa.string())
+            return nulls, nulls, nulls
+        lines = list(self.extras)
+        extras = list(self.extras.values())
+        # Only the few lines with extras have values: each row looks its line up among them.
+        of_row = pc.index_in(event_of_row, value_set=pa.array(lines, pa.int64()))
+        elements, element_extras = [], []
+        for index, x in zip(lines, extras, strict=True):
             start = assertion_offsets[index].as_py()
-            elements[start : start + len(extras.assertions)] = extras.assertions
+            elements.extend(range(start, start + len(x.assertions)))
+            element_extras.extend(x.assertions)
+        element_at = pc.index_in(element_of_row, value_set=pa.array(elements, pa.int64()))
         return (
-            pa.array(envelope, pa.string()),
-            pa.array(payload, pa.string()),
-            pa.array(elements, pa.string()),
+            pc.take(pa.array([x.envelope for x in extras], pa.string()), of_row),
+            pc.take(pa.array([x.payload for x in extras], pa.string()), of_row),
+            pc.take(pa.array(element_extras, pa.string()), element_at),
         )
 
     def read(self, scratch: Path) -> pa.Table | None:
@@ -231,6 +240,17 @@ class FastBatch:
         finally:
             path.unlink()
         return table if table.num_rows == len(self.lines) else None
+
+
+@lru_cache(maxsize=8)
+def _repeat(value: object, type_: pa.DataType, size: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, type_), size)
+
+
+def _repeated(value: object, type_: pa.DataType, n: int) -> pa.Array:
+    """`value` n times: a slice of a column built once per value (batches of one object share
+    it; a repeated string is a whole string column)."""
+    return _repeat(value, type_, 1 << max(n - 1, 0).bit_length()).slice(0, n)
 
 
 def _row_layout(lengths: pa.Array, order: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
@@ -266,7 +286,6 @@ def partitions(
     env_cols = dict(zip(envelope.type.names, envelope.flatten(), strict=True))
     pay_cols = dict(zip(payload.type.names, payload.flatten(), strict=True))
     assertions = pay_cols.pop("assertions")
-    envelope_extras, payload_extras, assertion_extras = batch.extra_columns(assertions.offsets)
     # One integer per partition: the type's index, then hours since the epoch.
     type_index = pc.index_in(env_cols["type"], value_set=_TYPES).cast(pa.int64())
     key = pc.add(pc.multiply(type_index, _TYPE_STRIDE), pc.divide(occurred_us, HOUR_US))
@@ -280,20 +299,23 @@ def partitions(
     asr_cols = dict(
         zip(_ASSERTION_TYPE.names, pc.take(assertions.values, element).flatten(), strict=True)
     )
+    envelope_extras, payload_extras, assertion_extras = batch.extra_columns(
+        event_of_row, element, assertions.offsets
+    )
     n = len(event_of_row)
     columns: dict[str, pa.Array] = {
         **{f"envelope__{k}": pc.take(v, event_of_row) for k, v in env_cols.items()},
         "envelope__occurred_at": pc.take(occurred_us, event_of_row).cast(TIMESTAMP),
-        "envelope__extra": pc.take(envelope_extras, event_of_row),
+        "envelope__extra": envelope_extras,
         **{f"payload__{k}": pc.take(v, event_of_row) for k, v in pay_cols.items()},
         **{f"payload__assertion__{k}": v for k, v in asr_cols.items()},
-        "payload__assertion__extra": pc.take(assertion_extras, element),
-        "payload__extra": pc.take(payload_extras, event_of_row),
-        "envelope__received_at": pa.repeat(pa.scalar(received_at, TIMESTAMP), n),
-        "envelope__source_ref": pa.repeat(pa.scalar(source_ref, pa.string()), n),
+        "payload__assertion__extra": assertion_extras,
+        "payload__extra": payload_extras,
+        "envelope__received_at": _repeated(received_at, TIMESTAMP, n),
+        "envelope__source_ref": _repeated(source_ref, pa.string(), n),
         "envelope__line": pc.take(pa.array(batch.numbers, pa.int64()), event_of_row),
         "envelope__ordinal": ordinals.cast(pa.int32()),
-        "envelope__parser_version": pa.repeat(pa.scalar(PARSER_VERSION, pa.string()), n),
+        "envelope__parser_version": _repeated(PARSER_VERSION, pa.string(), n),
     }
     runs = pc.run_end_encode(pc.take(key, order))
     row_ends = pc.take(starts, runs.run_ends).to_pylist()

@@ -69,6 +69,24 @@ def test_good_object_writes_one_file_per_type_day_hour(env: Env) -> None:
     assert partitions == {("2025-11-24", "21"), ("2025-11-24", "22")}
 
 
+def test_files_keep_min_max_where_it_can_prune_or_verify_needs_it(env: Env) -> None:
+    uri = put_raw(env, [line(make_event(f"e-{i}", battery_pct=i, note=i)) for i in range(5)])
+    process_object(env, uri)
+    [key] = verified_files(env)
+    with env.store.open(env.config.buckets.verified, key) as f:
+        group = pq.read_metadata(f).row_group(0)
+    with_min_max = {
+        group.column(i).path_in_schema
+        for i in range(group.num_columns)
+        if group.column(i).statistics is not None and group.column(i).statistics.has_min_max
+    }
+    # Lineage `verify` reads back, numbers, times, and strings with few values.
+    assert {"envelope__source_ref", "envelope__line", "envelope__occurred_at"} <= with_min_max
+    assert {"payload__battery_pct", "envelope__type", "envelope__event_kind"} <= with_min_max
+    # Random ids and JSON extras: their min/max would prune nothing.
+    assert not {"envelope__event_id", "envelope__device_id", "payload__extra"} & with_min_max
+
+
 def test_bad_lines_quarantined_good_lines_kept(env: Env) -> None:
     good = line(make_event("g1"))
     lines = [
@@ -232,7 +250,15 @@ def test_columnar_and_row_paths_write_the_same_rows(
 
     ndjson = tmp_path / "t.ndjson"
     generate(ndjson, events=3000, days=1, bad_fraction=0.05, seed=3)
-    uri = put_raw(env, ndjson.read_bytes().splitlines())
+    # Unknown fields at every level, among the generated lines (which have payload and
+    # assertion extras of their own): each must reach its row's *__extra column.
+    odd = make_event("odd-1", assertions=3, battery_pct=5, note={"a": [1]})
+    odd["envelope"]["region"] = "eu"
+    odd["payload"]["assertions"][1]["unit"] = "V"
+    odd["meta"] = {"k": None}
+    doorbell = make_event("odd-2", "video_doorbell", assertions=0, uptime_s=None)
+    generated = ndjson.read_bytes().splitlines()
+    uri = put_raw(env, [*generated[:1000], line(odd), *generated[1000:], line(doorbell)])
 
     def snapshot() -> dict[str, list[dict[str, Any]]]:
         out = {}
@@ -244,6 +270,12 @@ def test_columnar_and_row_paths_write_the_same_rows(
 
     columnar = process_object(env, uri)
     first = snapshot()
+    rows = [r for rows in first.values() for r in rows if r["envelope__event_id"] == "odd-1"]
+    assert [r["payload__assertion__extra"] for r in rows] == [None, '{"unit":"V"}', None]
+    assert {r["envelope__extra"] for r in rows} == {'{"region":"eu"}'}
+    assert {r["payload__extra"] for r in rows} == {'{"$.meta":{"k":null},"note":{"a":[1]}}'}
+    [row] = [r for rows in first.values() for r in rows if r["envelope__event_id"] == "odd-2"]
+    assert row["payload__extra"] == '{"uptime_s":null}'
     # The same object again with the columnar reader refusing every batch: rows go one by one.
     monkeypatch.setattr("sluice.process.columnar.FastBatch.read", lambda self, scratch: None)
     rows = process_object(env, uri, force=True)
