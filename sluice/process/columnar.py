@@ -216,7 +216,8 @@ class FastBatch:
         extras = list(self.extras.values())
         # Only the few lines with extras have values: each row looks its line up among them.
         of_row = pc.index_in(event_of_row, value_set=pa.array(lines, pa.int64()))
-        elements, element_extras = [], []
+        elements: list[int] = []
+        element_extras: list[str | None] = []
         for index, x in zip(lines, extras, strict=True):
             start = assertion_offsets[index].as_py()
             elements.extend(range(start, start + len(x.assertions)))
