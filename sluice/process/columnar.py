@@ -1,10 +1,10 @@
 """The fast path: well-formed lines become Arrow columns in C++, not Python objects.
 
-Each line is first checked by `parse.fast_check` (msgspec, in C). Lines that pass are collected;
-their occurred_at values are checked a column at a time (`occurred_micros`), and the lines are
-parsed in bulk by DuckDB's JSON reader with the tables' fixed types (about three times faster
-than Arrow's on these lines); fan-out, lineage and partitioning are then column operations.
-Lines that do not pass either check are left to `parse_line`, one by one (extras, quarantine).
+Each line is first checked by `parse.fast_check` (msgspec, in C). Lines that pass are collected
+and parsed in bulk by DuckDB's JSON reader with the tables' fixed types (about three times
+faster than Arrow's on these lines); their occurred_at values are checked a column at a time
+(`occurred_micros`); fan-out, lineage and partitioning are then column operations. Lines that
+do not pass either check are left to `parse_line`, one by one (extras, quarantine).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from sluice.process.parse import (
     _PAYLOAD_FIELDS,
     EARLIEST,
     MAX_AHEAD_OF_ARRIVAL,
+    Checked,
     Extras,
     LineRejected,
     check_occurred_at,
@@ -39,7 +40,7 @@ _TYPE_STRIDE = 10**8  # more hours than there are since the epoch
 
 _ASSERTION_TYPE = pa.struct([(n, ARROW_TYPES[k]) for n, k in ASSERTION_FIELDS.items()])
 # Every field any type knows, with the one type the fast path allows for it. occurred_at is
-# read as text: its value comes from the Python check, which is the rule.
+# read as text: `occurred_micros` checks it by the rule of the per-line path.
 _READ_SCHEMA = pa.schema(
     [
         (
@@ -50,6 +51,7 @@ _READ_SCHEMA = pa.schema(
                     ("type", pa.string()),
                     ("event_kind", pa.string()),
                     ("device_id", pa.string()),
+                    ("occurred_at", pa.string()),
                     ("schema_version", pa.int64()),
                     ("batch_id", pa.string()),
                 ]
@@ -109,15 +111,15 @@ _COMMON_RFC3339 = (
 _EARLIEST_US = int(EARLIEST.timestamp()) * 1_000_000
 
 
-def occurred_micros(texts: list[str], arrived_at: datetime) -> pa.Array:
-    """occurred_at as microseconds since 1970 (int64) where a whole-column check can tell it is
-    valid and inside the window of `check_occurred_at`; null where the per-line rule decides."""
-    strings = pa.array(texts, pa.string())
-    common = pc.if_else(pc.match_substring_regex(strings, _COMMON_RFC3339), strings, None)
+def occurred_micros(texts: pa.Array, arrived_at: datetime) -> pa.Array:
+    """occurred_at (strings) as microseconds since 1970 (int64) where a whole-column check can
+    tell it is valid and inside the window of `check_occurred_at`; null where the per-line rule
+    decides."""
+    common = pc.if_else(pc.match_substring_regex(texts, _COMMON_RFC3339), texts, None)
     try:
         micros = pc.cast(common, pa.timestamp("us", "UTC")).cast(pa.int64())
     except pa.ArrowInvalid:  # a date that does not exist (02-30, 24:00, ...): line by line
-        return pa.array([_micros(text, arrived_at) for text in texts], pa.int64())
+        return pa.array([_micros(text, arrived_at) for text in texts.to_pylist()], pa.int64())
     latest_us = round((arrived_at + MAX_AHEAD_OF_ARRIVAL).timestamp() * 1_000_000)
     inside = pc.and_(pc.greater_equal(micros, _EARLIEST_US), pc.less_equal(micros, latest_us))
     return pc.if_else(inside, micros, None)
@@ -150,27 +152,21 @@ class FastBatch:
 
     numbers: list[int] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
-    occurred_at: list[str] = field(default_factory=list)
     extras: dict[int, Extras] = field(default_factory=dict)  # by index, for the few that have any
 
-    def extend(self, first: int, lines: list[bytes], checked: list[str | Extras | None]) -> None:
+    def extend(self, first: int, lines: list[bytes], checked: list[Checked]) -> None:
         """Add the lines `fast_check` passed (`checked[i]` is the check of `lines[i]`, numbered
-        from `first`); the others (None) are not added. Every step is a loop in C: a passed
-        line's check is truthy (a non-empty occurred_at or an Extras), a refused one's None."""
+        from `first`); the others (None) are not added. Every step is a loop in C."""
         numbers: Iterable[int] = range(first, first + len(lines))
         if None in checked:
-            numbers = list(compress(numbers, checked))
+            numbers = list(compress(numbers, checked))  # a passed line's check is truthy
             lines = list(compress(lines, checked))
             checked = list(filter(None, checked))
-        occurred_at = cast(list[str], checked.copy())
         start = len(self.lines)
         for index in positions(list(map(type, checked)), Extras):
-            extras = cast(Extras, checked[index])
-            self.extras[start + index] = extras
-            occurred_at[index] = extras.occurred_at
+            self.extras[start + index] = cast(Extras, checked[index])
         self.numbers.extend(numbers)
         self.lines.extend(lines)
-        self.occurred_at.extend(occurred_at)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -179,29 +175,13 @@ class FastBatch:
         """The lines from `start` to `stop`, as a batch of their own."""
         stop = len(self.lines) if stop is None else stop
         extras = {i - start: x for i, x in self.extras.items() if start <= i < stop}
-        return FastBatch(
-            self.numbers[start:stop], self.lines[start:stop], self.occurred_at[start:stop], extras
-        )
+        return FastBatch(self.numbers[start:stop], self.lines[start:stop], extras)
 
-    def settle(self, arrived_at: datetime) -> tuple[FastBatch, pa.Array, list[tuple[int, bytes]]]:
-        """(the lines whose occurred_at the column check accepts, their times in microseconds,
-        the (number, line) of the others, for the per-line rule)."""
-        micros = occurred_micros(self.occurred_at, arrived_at)
-        if not micros.null_count:
-            return self, micros, []
-        valid = micros.is_valid().to_pylist()
-        kept = FastBatch()
-        others = []
-        for index, ok in enumerate(valid):
-            if ok:
-                if index in self.extras:
-                    kept.extras[len(kept.lines)] = self.extras[index]
-                kept.numbers.append(self.numbers[index])
-                kept.lines.append(self.lines[index])
-                kept.occurred_at.append(self.occurred_at[index])
-            else:
-                others.append((self.numbers[index], self.lines[index]))
-        return kept, micros.drop_null(), others
+    def subset(self, indices: list[int]) -> FastBatch:
+        """The lines at `indices` (in order), as a batch of their own."""
+        kept = FastBatch([self.numbers[i] for i in indices], [self.lines[i] for i in indices])
+        kept.extras = {new: self.extras[i] for new, i in enumerate(indices) if i in self.extras}
+        return kept
 
     def extra_columns(
         self, event_of_row: pa.Array, element_of_row: pa.Array, assertion_offsets: pa.Array
@@ -285,6 +265,7 @@ def partitions(
     envelope = table.column("envelope").combine_chunks()
     payload = table.column("payload").combine_chunks()
     env_cols = dict(zip(envelope.type.names, envelope.flatten(), strict=True))
+    del env_cols["occurred_at"]  # as text; its checked value is `occurred_us`
     pay_cols = dict(zip(payload.type.names, payload.flatten(), strict=True))
     assertions = pay_cols.pop("assertions")
     # One integer per partition: the type's index, then hours since the epoch.

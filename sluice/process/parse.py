@@ -303,8 +303,7 @@ def _event_struct(name: str, *, forbid: bool) -> Any:
             ("type", Literal["lock", "bridge", "video_doorbell"]),
             ("event_kind", _NonEmpty),
             ("device_id", _NonEmpty),
-            # Non-empty, so that a passed line's occurred_at is truthy (`columnar.FastBatch`).
-            ("occurred_at", _NonEmpty),
+            ("occurred_at", str),
             ("schema_version", Annotated[int, msgspec.Meta(ge=INT64_RANGE[0], le=INT64_RANGE[1])]),
             ("batch_id", str | None, None),
         ],
@@ -366,26 +365,29 @@ def _fast_struct(line: bytes) -> Any:
 class Extras:
     """A line's fields the schema does not know, as JSON (the `*__extra` columns)."""
 
-    occurred_at: str  # as written, like a line without extras (see `fast_check`)
     envelope: str | None
     payload: str | None
     assertions: tuple[str | None, ...]  # one per assertion, in order
 
 
-def fast_check(line: bytes) -> str | Extras | None:
-    """What the columnar path needs of a valid event (valid by every rule but occurred_at's):
-    its occurred_at as written (checked later, a column at a time: `columnar.occurred_micros`),
-    with its unknown fields if it has any. None when `parse_line` must decide the line."""
+# What `fast_check` says of a line: a valid event without unknown fields (True), one with
+# them (its Extras), or None when `parse_line` must decide the line.
+Checked = Literal[True] | Extras | None
+
+
+def fast_check(line: bytes) -> Checked:
+    """Whether the line is a valid event by every rule but occurred_at's (which the columnar
+    path checks a column at a time: `columnar.occurred_micros`), and its unknown fields."""
     if len(line) > MAX_LINE_BYTES:
         return None
     try:
         raw = _fast_decode(line)
         payload = raw.payload
         if payload is None:
-            return raw.envelope.occurred_at  # type: ignore[no-any-return]
+            return True
         foreign = _FOREIGN_VALUES[raw.envelope.type](payload)  # inline: once per line
         if foreign.count(_UNSET) == len(foreign):
-            return raw.envelope.occurred_at  # type: ignore[no-any-return]
+            return True
     except _DECODE_ERRORS:
         # Valid but for unknown fields? The lenient structs check everything else in C.
         try:
@@ -397,7 +399,7 @@ def fast_check(line: bytes) -> str | Extras | None:
     envelope_extra, payload_extra = _extras(obj, obj["envelope"], payload, raw.envelope.type)
     elements = payload.get("assertions") or ()
     assertions = tuple(_extra(element, ASSERTION_KNOWN) for element in elements)
-    return Extras(raw.envelope.occurred_at, envelope_extra, payload_extra, assertions)
+    return Extras(envelope_extra, payload_extra, assertions)
 
 
 def parse_line(line: bytes, arrived_at: datetime) -> Event:

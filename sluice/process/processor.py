@@ -22,14 +22,14 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-import pyarrow as pa
+import pyarrow.compute as pc
 
 from sluice.backends.catalog.base import Partition
 from sluice.backends.ledger.base import Claim, ClaimOutcome, Counts, Output, SourceRef
 from sluice.env import Env
 from sluice.errors import LeaseLost, ObjectNotFound, SluiceError, TerminalError, TransientError
 from sluice.layout import ObjectUri, arrival_time_from_key, parse_uri
-from sluice.process.columnar import FastBatch, partitions, positions
+from sluice.process.columnar import FastBatch, occurred_micros, partitions, positions
 from sluice.process.lines import LineBlock, RawLine, iter_line_blocks
 from sluice.process.outputs import PartitionWriter, stale_uris
 from sluice.process.parse import MAX_LINE_BYTES, LineRejected, fast_check, parse_line
@@ -218,27 +218,31 @@ class _Lines:
     def flush(self) -> None:
         """The batched lines through the columnar path (any it cannot take, one by one)."""
         batch, self.batch = self.batch, FastBatch()
-        if not batch:
-            return
-        batch, occurred_us, others = batch.settle(self.arrived_at)
-        for number, data in others:
-            self.decide(RawLine(number, data, len(data)))
         if batch:
-            self._columnar(batch, occurred_us)
+            self._columnar(batch)
 
-    def _columnar(self, batch: FastBatch, occurred_us: pa.Array) -> None:
+    def _columnar(self, batch: FastBatch) -> None:
         table = batch.read(self.scratch)
         if table is None:
             # The reader refused a line the check passed (a duplicate key, say): halve the
             # batch until the lines it refuses are few, and take those one by one.
             if len(batch) > SMALLEST_BATCH:
                 half = len(batch) // 2
-                self._columnar(batch.slice(0, half), occurred_us.slice(0, half))
-                self._columnar(batch.slice(half), occurred_us.slice(half))
+                self._columnar(batch.slice(0, half))
+                self._columnar(batch.slice(half))
                 return
             for number, data in zip(batch.numbers, batch.lines, strict=True):
                 self.decide(RawLine(number, data, len(data)))
             return
+        texts = pc.struct_field(table.column("envelope").combine_chunks(), "occurred_at")
+        occurred_us = occurred_micros(texts, self.arrived_at)
+        if occurred_us.null_count:  # the per-line rule decides these (and explains a rejection)
+            valid = occurred_us.is_valid()
+            for index in positions(valid.to_pylist(), False):
+                data = batch.lines[index]
+                self.decide(RawLine(batch.numbers[index], data, len(data)))
+            batch = batch.subset(pc.indices_nonzero(valid).to_pylist())
+            table, occurred_us = table.filter(valid), occurred_us.drop_null()
         self.good += len(batch)
         parts = partitions(batch, table, occurred_us, self.source_ref, self.arrived_at)
         for type_, day, hour, part in parts:

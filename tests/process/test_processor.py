@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -257,8 +258,11 @@ def test_columnar_and_row_paths_write_the_same_rows(
     odd["payload"]["assertions"][1]["unit"] = "V"
     odd["meta"] = {"k": None}
     doorbell = make_event("odd-2", "video_doorbell", assertions=0, uptime_s=None)
+    # A valid occurred_at the column check leaves to the line rule, among valid ones.
+    spaced = make_event("odd-3", occurred_at="2025-11-24 21:09:35", assertions=1)
     generated = ndjson.read_bytes().splitlines()
-    uri = put_raw(env, [*generated[:1000], line(odd), *generated[1000:], line(doorbell)])
+    odd_lines = [line(odd), line(spaced)]
+    uri = put_raw(env, [*generated[:1000], *odd_lines, *generated[1000:], line(doorbell)])
 
     def snapshot() -> dict[str, list[dict[str, Any]]]:
         out = {}
@@ -276,6 +280,8 @@ def test_columnar_and_row_paths_write_the_same_rows(
     assert {r["payload__extra"] for r in rows} == {'{"$.meta":{"k":null},"note":{"a":[1]}}'}
     [row] = [r for rows in first.values() for r in rows if r["envelope__event_id"] == "odd-2"]
     assert row["payload__extra"] == '{"uptime_s":null}'
+    [row] = [r for rows in first.values() for r in rows if r["envelope__event_id"] == "odd-3"]
+    assert row["envelope__occurred_at"] == datetime(2025, 11, 24, 21, 9, 35, tzinfo=UTC)
     # The same object again with the columnar reader refusing every batch: rows go one by one.
     monkeypatch.setattr("sluice.process.columnar.FastBatch.read", lambda self, scratch: None)
     rows = process_object(env, uri, force=True)
