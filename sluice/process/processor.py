@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -38,6 +39,7 @@ from sluice.process.quarantine import QuarantineWriter
 MISSING_ETAG = ""
 FAST_BATCH_LINES = 65_536  # per DuckDB read, and per partition slice of every column
 SMALLEST_BATCH = 64  # a refused batch is halved down to this, then taken line by line
+PUBLISH_THREADS = 8
 
 
 class ProcessOutcome(StrEnum):
@@ -290,9 +292,12 @@ def _publish(env: Env, lease: _Lease, files: list[tuple[Output, Path]]) -> list[
     # Pending URIs are those written but not yet completed: a run that dies after this point
     # leaves them for the next run to remove if it no longer produces them.
     env.ledger.record_pending_outputs(lease.claim, sorted({*pending, *new}))
-    for output, path in files:
-        lease.tick()
-        env.store.put_file(output.bucket, output.key, path)
+    # Several puts at once: on S3 each is a round trip, locally each waits for its fsync.
+    with ThreadPoolExecutor(PUBLISH_THREADS, thread_name_prefix="publish") as pool:
+        puts = [pool.submit(env.store.put_file, out.bucket, out.key, path) for out, path in files]
+        for put in as_completed(puts):
+            put.result()
+            lease.tick()
     partitions: dict[str, set[Partition]] = defaultdict(set)
     for output, _ in files:
         if output.hour:
