@@ -289,7 +289,6 @@ def partitions(
         **{f"envelope__{k}": pc.take(v, event_of_row) for k, v in env_cols.items()},
         "envelope__occurred_at": pc.take(occurred_us, event_of_row).cast(TIMESTAMP),
         "envelope__extra": envelope_extras,
-        **{f"payload__{k}": pc.take(v, event_of_row) for k, v in pay_cols.items()},
         **{f"payload__assertion__{k}": v for k, v in asr_cols.items()},
         "payload__assertion__extra": assertion_extras,
         "payload__extra": payload_extras,
@@ -301,13 +300,32 @@ def partitions(
     }
     runs = pc.run_end_encode(pc.take(key, order))
     row_ends = pc.take(starts, runs.run_ends).to_pylist()
-    start = 0
-    for end, value in zip(row_ends, runs.values.to_pylist(), strict=True):
-        type_ = _TYPES[value // _TYPE_STRIDE].as_py()
+    row_starts = [0, *row_ends[:-1]]
+    keys = runs.values.to_pylist()
+    # Rows are ordered by type first: each type's rows are one range, and only its own payload
+    # fields are taken for them.
+    type_rows: dict[int, tuple[int, int]] = {}
+    for start, end, value in zip(row_starts, row_ends, keys, strict=True):
+        first = type_rows.get(value // _TYPE_STRIDE, (start, end))[0]
+        type_rows[value // _TYPE_STRIDE] = (first, end)
+    payload_of: dict[int, dict[str, pa.Array]] = {}
+    for index, (first, end) in type_rows.items():
+        rows = event_of_row.slice(first, end - first)
+        fields = SPECS[_TYPES[index].as_py()].payload_fields
+        payload_of[index] = {f"payload__{k}": pc.take(pay_cols[k], rows) for k in fields}
+    for start, end, value in zip(row_starts, row_ends, keys, strict=True):
+        index = value // _TYPE_STRIDE
+        type_ = _TYPES[index].as_py()
         schema = SPECS[type_].schema
+        first = type_rows[index][0]
         part = pa.Table.from_arrays(
-            [columns[f.name].slice(start, end - start) for f in schema], schema=schema
+            [
+                payload_of[index][f.name].slice(start - first, end - start)
+                if f.name in payload_of[index]
+                else columns[f.name].slice(start, end - start)
+                for f in schema
+            ],
+            schema=schema,
         )
         t = datetime.fromtimestamp((value % _TYPE_STRIDE) * 3600, UTC)
         yield type_, t.date().isoformat(), f"{t.hour:02d}", part
-        start = end
