@@ -266,10 +266,11 @@ def partitions(
     payload = table.column("payload").combine_chunks()
     env_cols = dict(zip(envelope.type.names, envelope.flatten(), strict=True))
     del env_cols["occurred_at"]  # as text; its checked value is `occurred_us`
+    types = env_cols.pop("type")  # one value per partition: not taken row by row
     pay_cols = dict(zip(payload.type.names, payload.flatten(), strict=True))
     assertions = pay_cols.pop("assertions")
     # One integer per partition: the type's index, then hours since the epoch.
-    type_index = pc.index_in(env_cols["type"], value_set=_TYPES).cast(pa.int64())
+    type_index = pc.index_in(types, value_set=_TYPES).cast(pa.int64())
     key = pc.add(pc.multiply(type_index, _TYPE_STRIDE), pc.divide(occurred_us, HOUR_US))
     order = pc.sort_indices(key)
     lengths = pc.fill_null(pc.list_value_length(assertions), 0)
@@ -308,11 +309,12 @@ def partitions(
     for start, end, value in zip(row_starts, row_ends, keys, strict=True):
         first = type_rows.get(value // _TYPE_STRIDE, (start, end))[0]
         type_rows[value // _TYPE_STRIDE] = (first, end)
-    payload_of: dict[int, dict[str, pa.Array]] = {}
+    by_type: dict[int, dict[str, pa.Array]] = {}  # the type and payload columns of its rows
     for index, (first, end) in type_rows.items():
         rows = event_of_row.slice(first, end - first)
         fields = SPECS[_TYPES[index].as_py()].payload_fields
-        payload_of[index] = {f"payload__{k}": pc.take(pay_cols[k], rows) for k in fields}
+        by_type[index] = {f"payload__{k}": pc.take(pay_cols[k], rows) for k in fields}
+        by_type[index]["envelope__type"] = _repeated(_TYPES[index].as_py(), pa.string(), len(rows))
     for start, end, value in zip(row_starts, row_ends, keys, strict=True):
         index = value // _TYPE_STRIDE
         type_ = _TYPES[index].as_py()
@@ -320,8 +322,8 @@ def partitions(
         first = type_rows[index][0]
         part = pa.Table.from_arrays(
             [
-                payload_of[index][f.name].slice(start - first, end - start)
-                if f.name in payload_of[index]
+                by_type[index][f.name].slice(start - first, end - start)
+                if f.name in by_type[index]
                 else columns[f.name].slice(start, end - start)
                 for f in schema
             ],
