@@ -277,9 +277,8 @@ _UNSET = msgspec.UNSET
 
 def _event_struct(name: str, *, forbid: bool) -> Any:
     """The event as msgspec structs, whose payload knows every type's fields; `forbid` refuses
-    unknown fields at every level. Not tracked by the garbage
-    collector (they hold no cycles): a line makes several, and tracking them makes the
-    collector run every few hundred lines."""
+    unknown fields at every level. Not tracked by the garbage collector (they hold no cycles):
+    a line makes several, and tracking them makes the collector run every few hundred lines."""
     assertion = msgspec.defstruct(
         f"{name}Assertion",
         [(n, _MSGSPEC_TYPES[k] | None, None) for n, k in ASSERTION_FIELDS.items()],
