@@ -223,9 +223,15 @@ class FastBatch:
         return table if table.num_rows == len(self.lines) else None
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=16)
 def _repeat(value: object, type_: pa.DataType, size: int) -> pa.Array:
     return pa.repeat(pa.scalar(value, type_), size)
+
+
+def forget_constants() -> None:
+    """Drop the constant columns kept for the object just processed (a source's columns are
+    megabytes that no other object uses)."""
+    _repeat.cache_clear()
 
 
 def _repeated(value: object, type_: pa.DataType, n: int) -> pa.Array:

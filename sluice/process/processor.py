@@ -30,7 +30,13 @@ from sluice.backends.ledger.base import Claim, ClaimOutcome, Counts, Output, Sou
 from sluice.env import Env
 from sluice.errors import LeaseLost, ObjectNotFound, SluiceError, TerminalError, TransientError
 from sluice.layout import ObjectUri, arrival_time_from_key, parse_uri
-from sluice.process.columnar import FastBatch, occurred_micros, partitions, positions
+from sluice.process.columnar import (
+    FastBatch,
+    forget_constants,
+    occurred_micros,
+    partitions,
+    positions,
+)
 from sluice.process.lines import LineBlock, RawLine, iter_line_blocks
 from sluice.process.outputs import PartitionWriter, stale_uris
 from sluice.process.parse import MAX_LINE_BYTES, LineRejected, fast_check, parse_line
@@ -278,6 +284,8 @@ def _process_claimed(
             lines.writer.abort()
             lines.quarantine.abort()
             raise
+        finally:
+            forget_constants()
         outputs = [out for out, _ in files]
         removed = _publish(env, lease, files)
     return lines.counts(), outputs, removed
