@@ -229,6 +229,37 @@ def test_crash_before_complete_leaves_pending_outputs_that_the_next_run_removes(
     assert record is not None and record.pending_outputs == ()
 
 
+def test_a_put_that_fails_while_others_publish_fails_the_object_and_loses_nothing(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hours = [f"2025-11-24T{h:02d}:00:00Z" for h in range(10, 22)]
+    uri = put_raw(env, [line(make_event(f"e{i}", occurred_at=t)) for i, t in enumerate(hours)])
+    put_file = env.store.put_file
+
+    def fail_one(bucket: str, key: str, path: Path) -> object:
+        if "hour=15" in key:
+            raise OSError("disk full")
+        return put_file(bucket, key, path)
+
+    with monkeypatch.context() as m:
+        m.setattr(env.store, "put_file", fail_one)
+        with pytest.raises(OSError, match="disk full"):
+            process_object(env, uri)
+    record = env.ledger.get(uri.bucket, uri.key)
+    assert record is not None and record.status is FileStatus.FAILED
+    assert "disk full" in (record.last_error or "")
+    # The files that were put are pending: the next run replaces them and completes.
+    assert len(record.pending_outputs) == len(hours)
+    result = process_object(env, uri)
+    assert result.outcome is ProcessOutcome.COMPLETED
+    assert (
+        sorted(parse_verified_key(k).hour for k in verified_files(env))
+        == [  # type: ignore[union-attr]
+            t[11:13] for t in hours
+        ]
+    )
+
+
 def test_large_object_streams_in_row_groups(
     env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
