@@ -157,7 +157,8 @@ class FastBatch:
 
     def extend(self, first: int, lines: list[bytes], checked: list[Checked]) -> None:
         """Add the lines `fast_check` passed (`checked[i]` is the check of `lines[i]`, numbered
-        from `first`); the others (None) are not added. Every step is a loop in C."""
+        from `first`); the others (None) are not added. Every pass over all the lines
+        is a loop in C; Python touches only the few lines with extras."""
         numbers: Iterable[int] = range(first, first + len(lines))
         if None in checked:
             numbers = list(compress(numbers, checked))  # a passed line's check is truthy
