@@ -251,6 +251,8 @@ class _Lines:
                 self.decide(RawLine(batch.numbers[index], data, len(data)))
             batch = batch.subset(pc.indices_nonzero(valid).to_pylist())
             table, occurred_us = table.filter(valid), occurred_us.drop_null()
+            if not batch:
+                return
         self.good += len(batch)
         parts = partitions(batch, table, occurred_us, self.source_ref, self.arrived_at)
         for type_, day, hour, part in parts:

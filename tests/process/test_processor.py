@@ -89,6 +89,20 @@ def test_files_keep_min_max_where_it_can_prune_or_verify_needs_it(env: Env) -> N
     assert not {"envelope__type", "envelope__parser_version"} & with_min_max
 
 
+@pytest.mark.parametrize("occurred_at", ["1999-12-31T23:59:59Z", "2025-11-24 21:09:35"])
+def test_a_batch_whose_every_time_the_line_rule_decides(env: Env, occurred_at: str) -> None:
+    # Valid lines but for occurred_at (before 2000), or valid in a form the column check leaves
+    # to the line rule (a space for the T): every line of the batch goes the per-line way.
+    events = [make_event(f"e{i}", occurred_at=occurred_at, assertions=1) for i in range(10)]
+    uri = put_raw(env, [line(e) for e in events])
+    result = process_object(env, uri)
+    assert result.counts is not None
+    valid = occurred_at.startswith("2025")
+    assert result.counts.quarantined_lines == (0 if valid else 10)
+    assert (result.counts.good_lines, result.counts.rows) == ((10, 10) if valid else (0, 0))
+    assert sum(verified_files(env).values()) == result.counts.rows
+
+
 def test_bad_lines_quarantined_good_lines_kept(env: Env) -> None:
     good = line(make_event("g1"))
     lines = [
