@@ -39,7 +39,7 @@ from sluice.process.columnar import (
 )
 from sluice.process.lines import LineBlock, RawLine, iter_line_blocks
 from sluice.process.outputs import PartitionWriter, stale_uris
-from sluice.process.parse import MAX_LINE_BYTES, LineRejected, fast_check, parse_line
+from sluice.process.parse import MAX_LINE_BYTES, LineRejected, check_lines, parse_line
 from sluice.process.quarantine import QuarantineWriter
 
 MISSING_ETAG = ""
@@ -199,7 +199,7 @@ class _Lines:
     def take(self, block: LineBlock) -> None:
         """Every line of the block: blank ones counted, the rest sent on their way."""
         self.lines += len(block.lines)
-        checked = list(map(fast_check, block.lines))  # the common case, with no Python loop
+        checked = check_lines(block.lines)  # the common case, with no Python loop
         for index in positions(checked, None):
             data = block.lines[index]
             if index not in block.sizes and (not data or data.isspace()):

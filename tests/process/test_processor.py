@@ -306,8 +306,16 @@ def test_columnar_and_row_paths_write_the_same_rows(
     doorbell = make_event("odd-2", "video_doorbell", assertions=0, uptime_s=None)
     # A valid occurred_at the column check leaves to the line rule, among valid ones.
     spaced = make_event("odd-3", occurred_at="2025-11-24 21:09:35", assertions=1)
+    # Numbers at the edges of what the compiled checker vouches for (the columnar path).
+    edges = [
+        make_event("edge-1", "bridge", uptime_s=-999_999_999_999_999_999, cpu_pct=-0.0),
+        make_event("edge-2", "bridge", uptime_s=999_999_999_999_999_999, cpu_pct=12345.6789012345),
+        make_event("edge-3", "video_doorbell", video_bitrate_kbps=99999999999999.9, ring_count=0),
+        make_event("edge-4", battery_pct=-(2**31), rssi_dbm=2**31 - 1, assertions=1),
+    ]
+    edges[3]["payload"]["assertions"][0]["measured_value"] = 123456789012345
     generated = ndjson.read_bytes().splitlines()
-    odd_lines = [line(odd), line(spaced)]
+    odd_lines = [line(odd), line(spaced), *map(line, edges)]
     uri = put_raw(env, [*generated[:1000], *odd_lines, *generated[1000:], line(doorbell)])
 
     def snapshot() -> dict[str, list[dict[str, Any]]]:
@@ -328,6 +336,14 @@ def test_columnar_and_row_paths_write_the_same_rows(
     assert row["payload__extra"] == '{"uptime_s":null}'
     [row] = [r for rows in first.values() for r in rows if r["envelope__event_id"] == "odd-3"]
     assert row["envelope__occurred_at"] == datetime(2025, 11, 24, 21, 9, 35, tzinfo=UTC)
+    edge_rows = {
+        r["envelope__event_id"]: r
+        for rows in first.values()
+        for r in rows
+        if r["envelope__event_id"].startswith("edge-")
+    }
+    assert edge_rows["edge-2"]["payload__uptime_s"] == 999_999_999_999_999_999
+    assert edge_rows["edge-4"]["payload__assertion__measured_value"] == 123456789012345.0
     # The same object again with the columnar reader refusing every batch: rows go one by one.
     monkeypatch.setattr("sluice.process.columnar.FastBatch.read", lambda self, scratch: None)
     rows = process_object(env, uri, force=True)
