@@ -284,8 +284,12 @@ static int copy_name(const char *what, PyObject *name, char *out, Py_ssize_t *le
     return 1;
 }
 
+/* The kinds a level may hold: objects and arrays only where the structure has them, so the
+ * checker's recursion is as deep as the schema, whatever the input. */
+static const char *LEVEL_KINDS[LEVELS] = {"EP", "sSTiIdb", "sSTiIdbA", "sSTiIdb"};
+
 /* fields: a sequence of (name, kind, required, nullable) */
-static int load_level(Level *lv, PyObject *fields) {
+static int load_level(Level *lv, int level, PyObject *fields) {
     PyObject *seq = PySequence_Fast(fields, "fields must be a sequence");
     if (seq == NULL)
         return 0;
@@ -312,6 +316,12 @@ static int load_level(Level *lv, PyObject *fields) {
             Py_DECREF(seq);
             return 0;
         }
+        if (strchr(LEVEL_KINDS[level], kind) == NULL) {
+            PyErr_Format(PyExc_ValueError, "field %R: kind %c does not belong at this level (%s)",
+                         name, kind, LEVEL_KINDS[level]);
+            Py_DECREF(seq);
+            return 0;
+        }
         f->kind = (char)kind;
         f->required = required;
         f->nullable = nullable;
@@ -335,7 +345,7 @@ static PyObject *Checker_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
         return NULL;
     ck->max_line = max_line;
     for (int i = 0; i < LEVELS; i++) {
-        if (!load_level(&ck->levels[i], levels[i])) {
+        if (!load_level(&ck->levels[i], i, levels[i])) {
             Py_DECREF(ck);
             return NULL;
         }

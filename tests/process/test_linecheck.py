@@ -174,6 +174,8 @@ def test_wrong_arguments_are_refused() -> None:
     assert LineChecker(**base).check([b'{"envelope":{"type":"lock"}}']) == [True]
     bad: list[tuple[str, Any, str]] = [
         ("envelope", [("type", "?", True, False)], "unknown kind"),
+        ("assertion", [("nested", "A", False, True)], "does not belong at this level"),
+        ("top", [("envelope", "s", True, False)], "does not belong at this level"),
         ("envelope", [("", "s", True, False)], "empty or longer"),
         ("envelope", [("x" * 60, "s", True, False)], "empty or longer"),
         ("envelope", [(f"f{i}", "s", True, False) for i in range(49)], "at most 48 fields"),
