@@ -327,9 +327,13 @@ def test_fast_path_agrees_with_parse_event(
 def assert_columnar_checks_agree(raw: bytes, slow: Any) -> None:
     """The columnar path's checks take only lines parse_event accepts, with the same facts."""
     from sluice.process.columnar import occurred_micros
-    from sluice.process.parse import Extras, fast_check
+    from sluice.process.parse import Extras, fast_check, line_checker
 
     checked = fast_check(raw)
+    checker = line_checker()
+    assert checker is not None
+    if checker.check([raw]) == [True]:
+        assert checked is True
     if checked is None:
         return
     extras = checked if isinstance(checked, Extras) else None
