@@ -18,7 +18,8 @@ demo: $(STAMP)
 	$(BIN)/sluice demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check sluice tests bench
+	$(BIN)/ruff check sluice tests bench setup.py
+	gcc -fsyntax-only -Wall -Wextra -Werror -I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" sluice/process/_linecheck.c
 	$(BIN)/cfn-lint template.yaml
 
 typecheck: $(STAMP)

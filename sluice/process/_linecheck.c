@@ -72,11 +72,29 @@ static void init_plain(void) {
         PLAIN[ch] = ch != '"' && ch != '\\';
 }
 
+/* Whether any of the 8 bytes of w is not PLAIN. Each test is exact about "any" (the bit hacks
+ * haszero and hasless), so a word without such a byte is never flagged; a flagged word is
+ * looked at byte by byte. */
+static inline int has_special(uint64_t w) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+    uint64_t control = (w - ones * 0x20) & ~w;
+    uint64_t is_quote = (quote - ones) & ~quote, is_backslash = (backslash - ones) & ~backslash;
+    return ((w | control | is_quote | is_backslash) & highs) != 0;
+}
+
 /* A string of printable ASCII without escapes; its content in [*start, *start + *len). */
 static int read_string(Cursor *c, const unsigned char **start, Py_ssize_t *len) {
     if (c->p >= c->end || *c->p != '"')
         return 0;
     const unsigned char *q = c->p + 1;
+    uint64_t word;
+    while (c->end - q >= 8) {
+        memcpy(&word, q, 8);
+        if (has_special(word))
+            break;
+        q += 8;
+    }
     while (q < c->end && PLAIN[*q])
         q++;
     if (q >= c->end || *q != '"')
@@ -210,9 +228,14 @@ static int read_value(Checker *ck, Cursor *c, const Field *f) {
     return 0;
 }
 
+static inline int same_name(const Field *f, const unsigned char *key, Py_ssize_t len) {
+    return f->len == len && memcmp(f->name, key, len) == 0;
+}
+
 /* An object whose keys are fields of `level`, each once, each with a value of its kind. */
 static int read_object(Checker *ck, Cursor *c, int level, uint64_t *seen) {
     const Level *lv = &ck->levels[level];
+    int expected = 0;
     if (c->p >= c->end || *c->p != '{')
         return 0;
     c->p++;
@@ -226,9 +249,11 @@ static int read_object(Checker *ck, Cursor *c, int level, uint64_t *seen) {
         Py_ssize_t len;
         if (!read_string(c, &key, &len))
             return 0;
-        int i = 0;
-        while (i < lv->count && !(lv->fields[i].len == len && memcmp(lv->fields[i].name, key, len) == 0))
+        /* Lines mostly keep the schema's order: the field after the last one comes first. */
+        int i = expected < lv->count && same_name(&lv->fields[expected], key, len) ? expected : 0;
+        while (i < lv->count && !same_name(&lv->fields[i], key, len))
             i++;
+        expected = i + 1;
         if (i == lv->count || (*seen & ((uint64_t)1 << i)))
             return 0; /* unknown or repeated */
         *seen |= (uint64_t)1 << i;

@@ -128,6 +128,17 @@ def test_unusual_or_bad_lines_are_left_to_python(line: bytes) -> None:
     assert check_lines([line]) == [fast_check(line)]
 
 
+@pytest.mark.parametrize("byte", [b"\\", b'"', b"\x00", b"\x1f", b"\x80", b"\xff"])
+def test_a_special_byte_anywhere_in_a_string_is_seen(byte: bytes) -> None:
+    # Strings are scanned 8 bytes at a time: the byte must be seen at every place in a word.
+    for at in range(20):
+        device = b"d" * at + byte + b"d" * (19 - at)
+        line = VALID.replace(b'"dev-1"', b'"' + device + b'"')
+        assert not vouched(line), line
+    plain = VALID.replace(b'"dev-1"', b'"' + bytes(range(0x20, 0x80)).replace(b'"', b"") + b'"')
+    assert plain.count(b"\\") == 1 and vouched(plain.replace(b"\\", b"")) and not vouched(plain)
+
+
 def test_a_line_over_the_limit_is_left_to_python() -> None:
     padded = VALID.replace(b'"e-9"', b'"' + b"e" * MAX_LINE_BYTES + b'"')
     assert not vouched(padded)
