@@ -191,7 +191,7 @@ def _ledger_access(actions: list[str]) -> dict[str, Any]:
 
 
 def build_template() -> dict[str, Any]:
-    from sluice.backends.ledger.dynamodb import table_definition
+    from sluice.backends.ledger.dynamodb_items import table_definition
 
     ledger = table_definition("placeholder")
     ledger.pop("TableName", None)

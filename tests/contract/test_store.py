@@ -30,8 +30,8 @@ from sluice.backends.store.s3 import (
     S3ObjectStore,
     delete_with_retries,
     parse_delete_answer,
-    translate_error,
 )
+from sluice.backends.store.s3_errors import translate_error
 from sluice.errors import (
     BackendBusy,
     BatchTooLarge,

@@ -31,7 +31,6 @@ import dataclasses
 import heapq
 import itertools
 import secrets
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,7 +58,6 @@ from sluice.backends.ledger.dynamodb_items import (
     Plain,
     Refused,
     build,
-    call,
     check_size,
     claim_update,
     cut_error,
@@ -73,19 +71,16 @@ from sluice.backends.ledger.dynamodb_items import (
     receipt_item,
     redrive_marker,
     redrive_sk,
-    table_definition,
     to_us,
     unpack,
 )
+from sluice.backends.ledger.dynamodb_table import TRIES, DynamoDbTable
 from sluice.errors import BackendBusy, LeaseLost
 
-__all__ = ["DynamoDbLedger", "table_definition"]
+__all__ = ["DynamoDbLedger"]
 
 # Read by name at call time, so tests can shrink pages (the contract suite patches it here).
 PAGE_SIZE = 500
-# How often a claim (or a pending-outputs merge) re-reads and retries after losing its
-# conditional write before it reports BackendBusy.
-_TRIES = 5
 
 _PROCESSING = FileStatus.PROCESSING.value
 # A write by the claim's holder goes through only while the claim is still held. An expired
@@ -97,7 +92,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class DynamoDbLedger:
+class DynamoDbLedger(DynamoDbTable):
     """`Ledger` in one DynamoDB table, shared by any number of workers and machines.
 
     `client` is a low-level boto3 DynamoDB client (from `sluice.backends.aws.AwsClients`).
@@ -106,19 +101,8 @@ class DynamoDbLedger:
     def __init__(
         self, client: Any, table: str, *, clock: Callable[[], datetime] = _utc_now
     ) -> None:
-        self._client = client
-        self.table = table
+        super().__init__(client, table)
         self._clock = clock
-
-    def create_table(self) -> None:
-        """Create the table and its indexes (`table_definition`); nothing if it exists."""
-        try:
-            answer = self._call("create_table", **table_definition(self.table))
-            active = answer["TableDescription"].get("TableStatus") == "ACTIVE"
-        except Refused:
-            active = False  # it exists already (perhaps still being created)
-        if not active:
-            self._client.get_waiter("table_exists").wait(TableName=self.table)
 
     # Claims ------------------------------------------------------------------------------
 
@@ -134,7 +118,7 @@ class DynamoDbLedger:
         now = self._clock()
         lease = now + timedelta(seconds=lease_seconds)
         token = secrets.token_hex(16)
-        for _ in range(_TRIES):
+        for _ in range(TRIES):
             item, redrive_done = self._read_for_claim(source, redrive_id)
             current = None if item is None else file_record(item)
             if item is not None and plain(item).get("token") == token:
@@ -181,7 +165,7 @@ class DynamoDbLedger:
 
     def record_pending_outputs(self, claim: Claim, keys: Sequence[str]) -> None:
         source = claim.source
-        for _ in range(_TRIES):
+        for _ in range(TRIES):
             item = self._get_item(source.bucket, source.key, RECORD_SK)
             p = {} if item is None else plain(item)
             if p.get("token") != claim.token or p.get("status") != _PROCESSING:
@@ -375,30 +359,6 @@ class DynamoDbLedger:
                 keys.append(item_key(bucket, key, p["sk"]))
         return keys
 
-    def _delete_items(self, keys: Sequence[Item]) -> None:
-        """Delete items by key, 25 to a BatchWriteItem (its limit), retrying what it leaves
-        unprocessed (throttled) with backoff. Raises: BackendBusy."""
-        for start in range(0, len(keys), 25):
-            requests = [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
-            pending: Item = {self.table: requests}
-            for attempt in range(_TRIES):
-                answer = self._call("batch_write_item", RequestItems=pending)
-                pending = answer.get("UnprocessedItems") or {}
-                if not pending:
-                    break
-                time.sleep(0.05 * 2**attempt)
-            else:
-                raise BackendBusy("deletes kept being throttled; retry", table=self.table)
-
-    def _query(self, **args: Any) -> Iterator[Item]:
-        """Every item a Query matches, a page at a time (lazily)."""
-        while True:
-            answer = self._call("query", TableName=self.table, **args)
-            yield from answer.get("Items", [])
-            if "LastEvaluatedKey" not in answer:
-                return
-            args["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
-
     def _read_for_claim(
         self, source: SourceRef, redrive_id: str | None
     ) -> tuple[Item | None, bool]:
@@ -421,11 +381,6 @@ class DynamoDbLedger:
         record = file_record(item)
         claim = Claim(source, owner, token, attempt=record.attempts, lease_expires_at=lease)
         return ClaimResult(ClaimOutcome.CLAIMED, claim=claim, record=record)
-
-    def _get_item(self, bucket: str, key: str, sk: str) -> Item | None:
-        args = {"TableName": self.table, "Key": item_key(bucket, key, sk), "ConsistentRead": True}
-        item: Item | None = self._call("get_item", **args).get("Item")
-        return item
 
     def _held_update(
         self,
@@ -487,9 +442,6 @@ class DynamoDbLedger:
             return self._call(operation, **args)
         except Refused:
             raise self._lost(claim) from None
-
-    def _call(self, operation: str, **args: Any) -> Item:
-        return call(self._client, self.table, operation, **args)
 
     @staticmethod
     def _lost(claim: Claim) -> LeaseLost:

@@ -33,67 +33,11 @@ from sluice.backends.ledger.base import (
     Receipt,
     SourceRef,
 )
+from sluice.backends.ledger.sqlite_rows import EPOCH, SCHEMA, receipt, record, to_us
 from sluice.backends.sqlite import SqliteDb
 from sluice.errors import BackendBusy, LeaseLost
 
 PAGE_SIZE = 500
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    bucket TEXT NOT NULL,
-    key TEXT NOT NULL,
-    etag TEXT NOT NULL,
-    status TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    owner TEXT,
-    token TEXT,
-    lease_expires_at INTEGER,
-    last_error TEXT,
-    error_class TEXT,
-    terminal INTEGER NOT NULL DEFAULT 0,
-    outputs TEXT NOT NULL DEFAULT '[]',
-    pending_outputs TEXT NOT NULL DEFAULT '[]',
-    counts TEXT,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    completed_at INTEGER,
-    PRIMARY KEY (bucket, key)
-);
-CREATE INDEX IF NOT EXISTS files_by_update ON files (updated_at, bucket, key);
-CREATE INDEX IF NOT EXISTS files_by_status ON files (status, updated_at, bucket, key);
-CREATE TABLE IF NOT EXISTS redrives (
-    bucket TEXT NOT NULL,
-    key TEXT NOT NULL,
-    redrive_id TEXT NOT NULL,
-    done_at INTEGER NOT NULL,
-    PRIMARY KEY (bucket, key, redrive_id)
-);
-CREATE TABLE IF NOT EXISTS failures (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    bucket TEXT NOT NULL,
-    key TEXT NOT NULL,
-    etag TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    error_class TEXT NOT NULL,
-    error TEXT NOT NULL,
-    terminal INTEGER NOT NULL,
-    correlation_id TEXT,
-    at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS failures_by_source ON failures (bucket, key, id);
-CREATE TABLE IF NOT EXISTS receipts (
-    bucket TEXT NOT NULL,
-    key TEXT NOT NULL,
-    lines INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,
-    PRIMARY KEY (bucket, key)
-)
-"""
 
 _PROCESSING = FileStatus.PROCESSING.value
 _HELD = "bucket = ? AND key = ? AND token = ? AND status = ?"
@@ -101,48 +45,6 @@ _HELD = "bucket = ? AND key = ? AND token = ? AND status = ?"
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _to_us(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def _from_us(value: int | None) -> datetime | None:
-    return None if value is None else _EPOCH + timedelta(microseconds=value)
-
-
-def _record(row: sqlite3.Row) -> FileRecord:
-    counts = row["counts"]
-    return FileRecord(
-        bucket=row["bucket"],
-        key=row["key"],
-        etag=row["etag"],
-        status=FileStatus(row["status"]),
-        attempts=row["attempts"],
-        owner=row["owner"],
-        lease_expires_at=_from_us(row["lease_expires_at"]),
-        last_error=row["last_error"],
-        error_class=row["error_class"],
-        terminal=bool(row["terminal"]),
-        outputs=msgspec.json.decode(row["outputs"], type=tuple[Output, ...]),
-        pending_outputs=msgspec.json.decode(row["pending_outputs"], type=tuple[str, ...]),
-        counts=None if counts is None else msgspec.json.decode(counts, type=Counts),
-        created_at=_EPOCH + timedelta(microseconds=row["created_at"]),
-        updated_at=_EPOCH + timedelta(microseconds=row["updated_at"]),
-        completed_at=_from_us(row["completed_at"]),
-    )
-
-
-def _receipt(row: sqlite3.Row) -> Receipt:
-    return Receipt(
-        bucket=row["bucket"],
-        key=row["key"],
-        lines=row["lines"],
-        bytes=row["bytes"],
-        received_at=_EPOCH + timedelta(microseconds=row["received_at"]),
-    )
 
 
 class SqliteLedger:
@@ -168,14 +70,14 @@ class SqliteLedger:
         redrive_id: str | None = None,
     ) -> ClaimResult:
         now = self._clock()
-        now_us = _to_us(now)
+        now_us = to_us(now)
         lease = now + timedelta(seconds=lease_seconds)
         token = secrets.token_hex(16)
         with self._db.write() as conn:
             row = conn.execute(
                 "SELECT * FROM files WHERE bucket = ? AND key = ?", (source.bucket, source.key)
             ).fetchone()
-            current = None if row is None else _record(row)
+            current = None if row is None else record(row)
             # Done redrives are per object: one redrive run may send its id with many objects.
             if (
                 redrive_id is not None
@@ -198,7 +100,7 @@ class SqliteLedger:
                         _PROCESSING,
                         owner,
                         token,
-                        _to_us(lease),
+                        to_us(lease),
                         now_us,
                         now_us,
                     ),
@@ -226,7 +128,7 @@ class SqliteLedger:
                         attempt,
                         owner,
                         token,
-                        _to_us(lease),
+                        to_us(lease),
                         now_us,
                         source.bucket,
                         source.key,
@@ -235,18 +137,18 @@ class SqliteLedger:
                 )
             if cur.rowcount != 1:
                 raise BackendBusy("claim lost a race; retry", source_ref=source.uri)
-            record = self._get(conn, source.bucket, source.key)
+            claimed = self._get(conn, source.bucket, source.key)
         claim = Claim(
             source=source, owner=owner, token=token, attempt=attempt, lease_expires_at=lease
         )
-        return ClaimResult(ClaimOutcome.CLAIMED, claim=claim, record=record)
+        return ClaimResult(ClaimOutcome.CLAIMED, claim=claim, record=claimed)
 
     def extend(self, claim: Claim, lease_seconds: float) -> Claim:
         now = self._clock()
         lease = now + timedelta(seconds=lease_seconds)
         with self._db.write() as conn:
             self._update_held(
-                conn, claim, "lease_expires_at = ?, updated_at = ?", (_to_us(lease), _to_us(now))
+                conn, claim, "lease_expires_at = ?, updated_at = ?", (to_us(lease), to_us(now))
             )
         return Claim(
             source=claim.source,
@@ -265,7 +167,7 @@ class SqliteLedger:
                 conn,
                 claim,
                 "pending_outputs = ?, updated_at = ?",
-                (msgspec.json.encode(merged).decode(), _to_us(self._clock())),
+                (msgspec.json.encode(merged).decode(), to_us(self._clock())),
             )
 
     def complete(
@@ -276,7 +178,7 @@ class SqliteLedger:
         *,
         redrive_id: str | None = None,
     ) -> FileRecord:
-        now_us = _to_us(self._clock())
+        now_us = to_us(self._clock())
         source = claim.source
         with self._db.write() as conn:
             self._update_held(
@@ -310,7 +212,7 @@ class SqliteLedger:
         terminal: bool,
         correlation_id: str | None = None,
     ) -> FileRecord:
-        now_us = _to_us(self._clock())
+        now_us = to_us(self._clock())
         source = claim.source
         with self._db.write() as conn:
             self._update_held(
@@ -343,12 +245,12 @@ class SqliteLedger:
             conn.execute(
                 "UPDATE files SET status = ?, version = version + 1, owner = NULL, token = NULL,"
                 " lease_expires_at = NULL, updated_at = ? WHERE bucket = ? AND key = ?",
-                (FileStatus.PENDING.value, _to_us(self._clock()), bucket, key),
+                (FileStatus.PENDING.value, to_us(self._clock()), bucket, key),
             )
             return self._get(conn, bucket, key)
 
     def forget(self, bucket: str, key: str, *, updated_before: datetime | None = None) -> bool:
-        before_us = None if updated_before is None else _to_us(updated_before)
+        before_us = None if updated_before is None else to_us(updated_before)
         with self._db.write() as conn:
             # Delete only while still completed and old enough (DynamoDB: a conditional
             # DeleteItem); the history goes in the same transaction, only with the record.
@@ -382,7 +284,7 @@ class SqliteLedger:
             params.append(FileStatus(status).value)
         if updated_before is not None:
             where.append("updated_at < ?")
-            params.append(_to_us(updated_before))
+            params.append(to_us(updated_before))
         remaining = limit
         after: tuple[int, str, str] | None = None
         while remaining is None or remaining > 0:
@@ -399,7 +301,7 @@ class SqliteLedger:
             sql += " ORDER BY updated_at, bucket, key LIMIT ?"
             rows = self._db.read().execute(sql, (*page_params, size)).fetchall()
             for row in rows:
-                yield _record(row)
+                yield record(row)
             if remaining is not None:
                 remaining -= len(rows)
             if len(rows) < size:
@@ -425,7 +327,7 @@ class SqliteLedger:
                 error=row["error"],
                 terminal=bool(row["terminal"]),
                 correlation_id=row["correlation_id"],
-                at=_EPOCH + timedelta(microseconds=row["at"]),
+                at=EPOCH + timedelta(microseconds=row["at"]),
             )
             for row in rows
         ]
@@ -443,7 +345,7 @@ class SqliteLedger:
                     receipt.key,
                     receipt.lines,
                     receipt.bytes,
-                    _to_us(receipt.received_at),
+                    to_us(receipt.received_at),
                 ),
             )
 
@@ -453,7 +355,7 @@ class SqliteLedger:
             .execute("SELECT * FROM receipts WHERE bucket = ? AND key = ?", (bucket, key))
             .fetchone()
         )
-        return None if row is None else _receipt(row)
+        return None if row is None else receipt(row)
 
     def receipts(self) -> Iterator[Receipt]:
         after: tuple[str, str] = ("", "")
@@ -467,7 +369,7 @@ class SqliteLedger:
                 )
                 .fetchall()
             )
-            yield from map(_receipt, rows)
+            yield from map(receipt, rows)
             if len(rows) < PAGE_SIZE:
                 return
             after = (rows[-1]["bucket"], rows[-1]["key"])
@@ -479,7 +381,7 @@ class SqliteLedger:
         row = conn.execute(
             "SELECT * FROM files WHERE bucket = ? AND key = ?", (bucket, key)
         ).fetchone()
-        return None if row is None else _record(row)
+        return None if row is None else record(row)
 
     def _require(self, conn: sqlite3.Connection, bucket: str, key: str) -> FileRecord:
         record = self._get(conn, bucket, key)
@@ -494,7 +396,7 @@ class SqliteLedger:
         ).fetchone()
         if row is None:
             raise self._lost(claim)
-        return _record(row)
+        return record(row)
 
     def _update_held(
         self, conn: sqlite3.Connection, claim: Claim, assignments: str, params: tuple[Any, ...]

@@ -41,7 +41,6 @@ from sluice.backends.queue.base import (
     OutgoingMessage,
     QueueCounts,
     QueueSettings,
-    RedrivePolicy,
     SendBatchResult,
 )
 from sluice.backends.queue.checks import (
@@ -53,72 +52,17 @@ from sluice.backends.queue.checks import (
     validate_message,
 )
 from sluice.backends.queue.move import move_messages
+from sluice.backends.queue.sqlite_schema import (
+    SCHEMA,
+    SELECT_VISIBLE,
+    SELECT_VISIBLE_FIFO,
+    add_missing_columns,
+    load_settings,
+)
 from sluice.backends.sqlite import SqliteDb
-from sluice.errors import ConfigError, QueueNotFound, ReceiptHandleInvalid
+from sluice.errors import ConfigError, ReceiptHandleInvalid
 
 POLL_INTERVAL_SECONDS = 0.05
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS queues (
-    name TEXT PRIMARY KEY,
-    visibility_timeout INTEGER NOT NULL,
-    retention_seconds INTEGER NOT NULL,
-    dead_letter_queue TEXT,
-    max_receive_count INTEGER
-);
-CREATE TABLE IF NOT EXISTS queue_messages (
-    seq INTEGER PRIMARY KEY,
-    queue TEXT NOT NULL,
-    message_id TEXT NOT NULL UNIQUE,
-    body TEXT NOT NULL,
-    attributes TEXT NOT NULL,
-    sent_at REAL NOT NULL,
-    visible_at REAL NOT NULL,
-    receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt_handle TEXT UNIQUE
-);
-CREATE INDEX IF NOT EXISTS queue_messages_by_age ON queue_messages (queue, sent_at, visible_at);
-CREATE TABLE IF NOT EXISTS queue_deduplication (
-    queue TEXT NOT NULL,
-    deduplication_id TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    sent_at REAL NOT NULL,
-    PRIMARY KEY (queue, deduplication_id)
-)
-"""
-
-# The columns FIFO queues brought: added where missing, so a database made before them opens.
-_ADDED_COLUMNS = {
-    "queues": (
-        "fifo INTEGER NOT NULL DEFAULT 0",
-        "content_based_deduplication INTEGER NOT NULL DEFAULT 0",
-    ),
-    "queue_messages": ("group_id TEXT", "deduplication_id TEXT"),
-}
-# Finds a group's messages in flight; standard queues' messages have no group, so no entry.
-_GROUP_INDEX = """
-CREATE INDEX IF NOT EXISTS queue_messages_by_group ON queue_messages (queue, group_id, visible_at)
-WHERE group_id IS NOT NULL
-"""
-
-_COLUMNS = "seq, message_id, body, attributes, sent_at, receive_count, group_id, deduplication_id"
-# The index holds (queue, sent_at, visible_at, seq): receiving scans it oldest first (sorting only
-# messages sent in the same instant), counting and expiring read nothing else.
-_SELECT_VISIBLE = f"""
-SELECT {_COLUMNS} FROM queue_messages
-WHERE queue = :queue AND sent_at >= :cutoff AND visible_at <= :now
-ORDER BY sent_at, seq LIMIT :limit
-"""
-# FIFO: in send order (seq), skipping every group with a message in flight.
-_SELECT_VISIBLE_FIFO = f"""
-SELECT {_COLUMNS} FROM queue_messages AS m
-WHERE queue = :queue AND sent_at >= :cutoff AND visible_at <= :now AND NOT EXISTS (
-    SELECT 1 FROM queue_messages AS busy
-    WHERE busy.queue = m.queue AND busy.group_id = m.group_id
-    AND busy.visible_at > :now AND busy.sent_at >= :cutoff
-)
-ORDER BY seq LIMIT :limit
-"""
 
 
 class SqliteQueueFactory:
@@ -127,7 +71,7 @@ class SqliteQueueFactory:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = SqliteDb(path, SCHEMA)
-        _add_missing_columns(self._db)
+        add_missing_columns(self._db)
 
     def create(self, name: str, settings: QueueSettings) -> SqliteQueue:
         """Create a queue, or update the settings of an existing one (idempotent).
@@ -153,7 +97,7 @@ class SqliteQueueFactory:
                 raise ConfigError(f"queue {name!r} cannot be its own dead-letter queue", queue=name)
         with self._db.write() as conn:
             if policy is not None:
-                _load_settings(conn, policy.dead_letter_queue)
+                load_settings(conn, policy.dead_letter_queue)
             # `fifo` follows the name, so an update never changes it.
             conn.execute(
                 "INSERT INTO queues (name, visibility_timeout, retention_seconds,"
@@ -180,7 +124,7 @@ class SqliteQueueFactory:
     def open(self, name: str) -> SqliteQueue:
         """Raises:
         QueueNotFound: no queue of that name."""
-        _load_settings(self._db.read(), name)
+        load_settings(self._db.read(), name)
         return SqliteQueue(self._db, name)
 
     def start_message_move(
@@ -243,7 +187,7 @@ class SqliteQueue:
         )
         validate_message(outgoing)
         with self._db.write() as conn:
-            settings = _load_settings(conn, self.name)
+            settings = load_settings(conn, self.name)
             self._check_type(outgoing, settings)
             [message_id] = self._insert(conn, settings, [outgoing])
         return message_id
@@ -259,7 +203,7 @@ class SqliteQueue:
         failed: dict[str, str] = {}
         valid: dict[str, OutgoingMessage] = {}
         with self._db.write() as conn:
-            settings = _load_settings(conn, self.name)
+            settings = load_settings(conn, self.name)
             for entry_id, entry in zip(ids, entries, strict=True):
                 try:
                     validate_message(entry)
@@ -325,7 +269,7 @@ class SqliteQueue:
 
     def counts(self) -> QueueCounts:
         conn = self._db.read()
-        settings = _load_settings(conn, self.name)
+        settings = load_settings(conn, self.name)
         now = time.time()
         row = conn.execute(
             "SELECT coalesce(sum(visible_at <= :now), 0) AS visible,"
@@ -342,7 +286,7 @@ class SqliteQueue:
         )
 
     def settings(self) -> QueueSettings:
-        return _load_settings(self._db.read(), self.name)
+        return load_settings(self._db.read(), self.name)
 
     def purge(self) -> None:
         with self._db.write() as conn:
@@ -412,20 +356,20 @@ class SqliteQueue:
     def _select_visible(
         self, conn: sqlite3.Connection, settings: QueueSettings, now: float, limit: int
     ) -> list[sqlite3.Row]:
-        query = _SELECT_VISIBLE_FIFO if settings.fifo else _SELECT_VISIBLE
+        query = SELECT_VISIBLE_FIFO if settings.fifo else SELECT_VISIBLE
         cutoff = now - settings.retention_seconds
         params = {"queue": self.name, "cutoff": cutoff, "now": now, "limit": limit}
         return conn.execute(query, params).fetchall()
 
     def _any_visible(self) -> bool:
         conn = self._db.read()
-        return bool(self._select_visible(conn, _load_settings(conn, self.name), time.time(), 1))
+        return bool(self._select_visible(conn, load_settings(conn, self.name), time.time(), 1))
 
     def _receive_now(self, max_messages: int, visibility_timeout: int | None) -> list[Message]:
         # Select and update in one BEGIN IMMEDIATE transaction: no other process can pick the
         # same rows between the two, so a message is never handed to two receivers at once.
         with self._db.write() as conn:
-            settings = _load_settings(conn, self.name)
+            settings = load_settings(conn, self.name)
             policy = settings.redrive_policy
             default = settings.visibility_timeout_seconds
             timeout = default if visibility_timeout is None else visibility_timeout
@@ -490,37 +434,9 @@ class SqliteQueue:
         return ReceiptHandleInvalid(message, queue=self.name, receipt_handle=handle)
 
 
-def _load_settings(conn: sqlite3.Connection, name: str) -> QueueSettings:
-    rows = conn.execute("SELECT * FROM queues WHERE name = ?", (name,)).fetchall()
-    if not rows:
-        raise QueueNotFound(f"queue {name!r} does not exist", queue=name)
-    row = rows[0]
-    policy = None
-    if row["dead_letter_queue"] is not None:
-        policy = RedrivePolicy(row["dead_letter_queue"], row["max_receive_count"])
-    return QueueSettings(
-        visibility_timeout_seconds=row["visibility_timeout"],
-        retention_seconds=row["retention_seconds"],
-        redrive_policy=policy,
-        fifo=bool(row["fifo"]),
-        content_based_deduplication=bool(row["content_based_deduplication"]),
-    )
-
-
 def _deduplication_key(message: OutgoingMessage, settings: QueueSettings) -> str | None:
     """The id a FIFO queue deduplicates `message` by (None on a standard queue): the one given,
     else (content-based deduplication) the SHA-256 of the body, as SQS computes it."""
     if not settings.fifo:
         return None
     return message.deduplication_id or hashlib.sha256(message.body.encode()).hexdigest()
-
-
-def _add_missing_columns(db: SqliteDb) -> None:
-    # One write transaction: two processes opening an old database add each column once.
-    with db.write() as conn:
-        for table, columns in _ADDED_COLUMNS.items():
-            present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
-            for column in columns:
-                if column.split()[0] not in present:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-        conn.execute(_GROUP_INDEX)
