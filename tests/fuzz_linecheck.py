@@ -49,9 +49,10 @@ def fuzz(module_path: Path, seconds: float, seed: int) -> int:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.modules[MODULE] = module  # parse.line_checker() now builds the sanitized checker
+    sys.modules[MODULE] = module  # linecheck.line_checker() now builds the sanitized checker
     from sluice.generate import generate
-    from sluice.process.parse import fast_check, line_checker
+    from sluice.process.linecheck import line_checker
+    from sluice.process.parse import fast_check
 
     checker = line_checker()
     assert type(checker) is module.LineChecker

@@ -1,6 +1,6 @@
 """The fast path: well-formed lines become Arrow columns in C++, not Python objects.
 
-Each line is first checked by `parse.check_lines`: a compiled checker vouches for the common
+Each line is first checked by `linecheck.check_lines`: a compiled checker vouches for the common
 lines without making a Python object per line, `parse.fast_check` (msgspec, in C) decides the
 ones it leaves. Lines that pass are collected
 and parsed in bulk by DuckDB's JSON reader with the tables' fixed types (about three times

@@ -6,21 +6,17 @@ machine that runs them, so reprocessing the same object always gives the same re
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from operator import attrgetter
-from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from sluice.process.schemas import ASSERTION_FIELDS, SPECS, FieldKind
-
-if TYPE_CHECKING:
-    from sluice.process._linecheck import LineChecker
 
 BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 1024 * 1024
@@ -403,62 +399,6 @@ def fast_check(line: bytes) -> Checked:
     elements = payload.get("assertions") or ()
     assertions = tuple(_extra(element, ASSERTION_KNOWN) for element in elements)
     return Extras(envelope_extra, payload_extra, assertions)
-
-
-# The compiled checker (`_linecheck.c`) vouches for the common lines without making a Python
-# object per line; the lines it cannot vouch for go to `fast_check`. It is built by the install;
-# without it (a source tree nobody installed) every line goes to `fast_check`, with the same
-# results, about three times slower.
-_CHECKER_KINDS = {
-    FieldKind.STRING: "s",
-    FieldKind.INT32: "i",
-    FieldKind.INT64: "I",
-    FieldKind.DOUBLE: "d",
-    FieldKind.BOOL: "b",
-}
-
-
-def line_checker() -> LineChecker | None:
-    """A compiled checker of this schema (the rules of `fast_check`, a few of them stricter:
-    it leaves to Python what it is not sure of), or None if the module was not built."""
-    try:
-        from sluice.process._linecheck import LineChecker
-    except ImportError:  # pragma: no cover - the install builds it; a test checks that it did
-        return None
-    nonempty = [(name, "S", True, False) for name in REQUIRED_STRINGS if name != "type"]
-    return LineChecker(
-        top=[("envelope", "E", True, False), ("payload", "P", False, True)],
-        envelope=[
-            *nonempty[:1],
-            ("type", "T", True, False),
-            *nonempty[1:],
-            ("occurred_at", "s", True, False),
-            ("schema_version", "I", True, False),
-            ("batch_id", "s", False, True),
-        ],
-        payload=[(n, _CHECKER_KINDS[k], False, True) for n, k in _PAYLOAD_FIELDS.items()]
-        + [("assertions", "A", False, True)],
-        assertion=[(n, _CHECKER_KINDS[k], False, True) for n, k in ASSERTION_FIELDS.items()],
-        types=[(t, _PAYLOAD_KNOWN[t]) for t in SPECS],
-        max_line=MAX_LINE_BYTES,
-    )
-
-
-_LINE_CHECKER = line_checker()
-
-
-def check_lines(lines: list[bytes]) -> list[Checked]:
-    """`fast_check` of every line: the compiled checker first, `fast_check` for the lines it
-    leaves."""
-    if _LINE_CHECKER is None:
-        return list(map(fast_check, lines))
-    checked = cast(list[Checked], _LINE_CHECKER.check(lines))
-    index = -1
-    with contextlib.suppress(ValueError):
-        while True:
-            index = checked.index(None, index + 1)  # searched in C between the lines it left
-            checked[index] = fast_check(lines[index])
-    return checked
 
 
 def parse_line(line: bytes, arrived_at: datetime) -> Event:

@@ -37,9 +37,10 @@ from sluice.process.columnar import (
     partitions,
     positions,
 )
+from sluice.process.linecheck import check_lines
 from sluice.process.lines import LineBlock, RawLine, iter_line_blocks
 from sluice.process.outputs import PartitionWriter, stale_uris
-from sluice.process.parse import MAX_LINE_BYTES, LineRejected, check_lines, parse_line
+from sluice.process.parse import MAX_LINE_BYTES, LineRejected, parse_line
 from sluice.process.quarantine import QuarantineWriter
 
 MISSING_ETAG = ""

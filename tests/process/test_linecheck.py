@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sluice.process import parse
+from sluice.process import linecheck
 from sluice.process._linecheck import LineChecker
-from sluice.process.parse import MAX_LINE_BYTES, check_lines, fast_check, line_checker
+from sluice.process.linecheck import check_lines, line_checker
+from sluice.process.parse import MAX_LINE_BYTES, fast_check
 from tests.conftest import make_event
 
 _CHECKER = line_checker()
@@ -162,10 +163,10 @@ def test_check_lines_keeps_the_order_and_asks_python_only_for_the_rest(
         asked.append(line)
         return fast_check(line)
 
-    monkeypatch.setattr(parse, "fast_check", counted)
+    monkeypatch.setattr(linecheck, "fast_check", counted)
     assert check_lines(lines) == [fast_check(x) for x in lines]
     assert asked == lines[1:4]
-    monkeypatch.setattr(parse, "_LINE_CHECKER", None)  # an install without the compiled module
+    monkeypatch.setattr(linecheck, "LINE_CHECKER", None)  # an install without the compiled module
     assert check_lines(lines) == [fast_check(x) for x in lines]
 
 

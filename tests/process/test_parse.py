@@ -327,7 +327,8 @@ def test_fast_path_agrees_with_parse_event(
 def assert_columnar_checks_agree(raw: bytes, slow: Any) -> None:
     """The columnar path's checks take only lines parse_event accepts, with the same facts."""
     from sluice.process.columnar import occurred_micros
-    from sluice.process.parse import Extras, fast_check, line_checker
+    from sluice.process.linecheck import line_checker
+    from sluice.process.parse import Extras, fast_check
 
     checked = fast_check(raw)
     checker = line_checker()
