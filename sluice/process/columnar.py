@@ -1,12 +1,12 @@
 """The fast path: well-formed lines become Arrow columns in C++, not Python objects.
 
 Each line is first checked by `linecheck.check_lines`: a compiled checker vouches for the common
-lines without making a Python object per line, `parse.fast_check` (msgspec, in C) decides the
-ones it leaves. Lines that pass are collected
-and parsed in bulk by DuckDB's JSON reader with the tables' fixed types (about three times
-faster than Arrow's on these lines); their occurred_at values are checked a column at a time
-(`occurred_micros`); fan-out, lineage and partitioning are then column operations. Lines that
-do not pass either check are left to `parse_line`, one by one (extras, quarantine).
+lines without making a Python object per line, and `parse.fast_check` (msgspec, in C) decides
+the ones it leaves. Lines that pass are collected and parsed in bulk by DuckDB's JSON reader
+with the tables' fixed types (about three times faster than Arrow's on these lines); their
+occurred_at values are checked a column at a time (`occurred_micros`); fan-out, lineage and
+partitioning are then column operations. Lines that do not pass either check are left to
+`parse_line`, one by one (extras, quarantine).
 """
 
 from __future__ import annotations
