@@ -32,8 +32,6 @@ from sluice.process.parse import (
     MAX_AHEAD_OF_ARRIVAL,
     Checked,
     Extras,
-    LineRejected,
-    check_occurred_at,
 )
 from sluice.process.schemas import ARROW_TYPES, ASSERTION_FIELDS, PARSER_VERSION, SPECS, TIMESTAMP
 
@@ -119,23 +117,25 @@ def occurred_micros(texts: pa.Array, arrived_at: datetime) -> pa.Array:
     tell it is valid and inside the window of `check_occurred_at`; null where the per-line rule
     decides."""
     common = pc.if_else(pc.match_substring_regex(texts, _COMMON_RFC3339), texts, None)
-    try:
-        micros = pc.cast(common, pa.timestamp("us", "UTC")).cast(pa.int64())
-    except pa.ArrowInvalid:  # a date that does not exist (02-30, 24:00, ...): line by line
-        return pa.array([_micros(text, arrived_at) for text in texts.to_pylist()], pa.int64())
+    micros = _cast_micros(common)
     latest_us = round((arrived_at + MAX_AHEAD_OF_ARRIVAL).timestamp() * 1_000_000)
     inside = pc.and_(pc.greater_equal(micros, _EARLIEST_US), pc.less_equal(micros, latest_us))
     return pc.if_else(inside, micros, None)
 
 
-def _micros(text: str, arrived_at: datetime) -> int | None:
+def _cast_micros(texts: pa.Array) -> pa.Array:
+    """RFC 3339 strings as int64 microseconds; null where Arrow refuses the date or time (02-30,
+    24:00, ...). Arrow refuses a whole column for one such value: the column is halved until
+    each refused value is alone, so a few bad dates cost a few dozen casts, not the batch."""
     try:
-        occurred_at = check_occurred_at(text, arrived_at)
-    except LineRejected:
-        return None
-    # Exact: a double holds microseconds since 1970 to well under half a microsecond until
-    # the 22nd century, and occurred_at is at most a day after arrival.
-    return round(occurred_at.timestamp() * 1_000_000)
+        return pc.cast(texts, pa.timestamp("us", "UTC")).cast(pa.int64())
+    except pa.ArrowInvalid:
+        if len(texts) == 1:
+            return pa.nulls(1, pa.int64())
+        half = len(texts) // 2
+        return pa.concat_arrays(
+            [_cast_micros(texts.slice(0, half)), _cast_micros(texts.slice(half))]
+        )
 
 
 def positions(values: list[Any], target: Any) -> list[int]:

@@ -429,10 +429,18 @@ def test_column_check_takes_the_common_forms_itself() -> None:
         1763974800500000,
         None,
     ]
-    # A date that does not exist among them: the whole column goes through the line rule.
-    assert occurred_micros(pa.array([*texts, "2025-02-30T00:00:00Z"]), ARRIVED).to_pylist() == [
-        1763978400000000,
-        1763974800500000,
-        None,
-        None,
-    ]
+    # Dates that do not exist (Arrow refuses the whole column for one): each alone is left to
+    # the line rule, every other value is still taken by the column check.
+    column = texts * 400
+    impossible = {
+        4: "2025-02-30T00:00:00Z",
+        600: "2024-13-45T25:61:00Z",
+        1198: "2025-11-24T24:00:00Z",
+    }
+    for at, text in impossible.items():
+        column[at] = text
+    expected = occurred_micros(pa.array(texts * 400), ARRIVED).to_pylist()
+    for at in impossible:
+        expected[at] = None
+    assert occurred_micros(pa.array(column), ARRIVED).to_pylist() == expected
+    assert expected.count(None) == 400 + len(impossible)
