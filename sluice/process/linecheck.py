@@ -8,9 +8,9 @@ as long, the whole parser about a quarter longer.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, cast
 
+from sluice.process.columnar import positions
 from sluice.process.parse import (
     _PAYLOAD_FIELDS,
     _PAYLOAD_KNOWN,
@@ -68,9 +68,6 @@ def check_lines(lines: list[bytes]) -> list[Checked]:
     if LINE_CHECKER is None:
         return list(map(fast_check, lines))
     checked = cast(list[Checked], LINE_CHECKER.check(lines))
-    index = -1
-    with contextlib.suppress(ValueError):
-        while True:
-            index = checked.index(None, index + 1)  # searched in C between the lines it left
-            checked[index] = fast_check(lines[index])
+    for index in positions(checked, None):
+        checked[index] = fast_check(lines[index])
     return checked

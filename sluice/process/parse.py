@@ -345,7 +345,8 @@ _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeErr
 
 
 def _fast_struct(line: bytes) -> Any:
-    """The line as checked structs, or None when `parse_event` must decide it."""
+    """The line as checked structs if it is a valid event without unknown fields (by every
+    rule but occurred_at's), or None when `parse_event` must decide it."""
     if len(line) > MAX_LINE_BYTES:
         return None
     try:
@@ -377,22 +378,14 @@ Checked = Literal[True] | Extras | None
 def fast_check(line: bytes) -> Checked:
     """Whether the line is a valid event by every rule but occurred_at's (which the columnar
     path checks a column at a time: `columnar.occurred_micros`), and its unknown fields."""
+    if _fast_struct(line) is not None:
+        return True
     if len(line) > MAX_LINE_BYTES:
         return None
-    try:
-        raw = _fast_decode(line)
-        payload = raw.payload
-        if payload is None:
-            return True
-        foreign = _FOREIGN_VALUES[raw.envelope.type](payload)  # inline: once per line
-        if foreign.count(_UNSET) == len(foreign):
-            return True
+    try:  # valid but for unknown fields? The lenient structs check everything else in C.
+        raw = _lenient_decode(line)
     except _DECODE_ERRORS:
-        # Valid but for unknown fields? The lenient structs check everything else in C.
-        try:
-            raw = _lenient_decode(line)
-        except _DECODE_ERRORS:
-            return None
+        return None
     obj = _decode(line)
     payload = obj.get("payload") or {}
     envelope_extra, payload_extra = _extras(obj, obj["envelope"], payload, raw.envelope.type)
