@@ -498,10 +498,8 @@ def main(args: argparse.Namespace) -> int:
         order = ("duckdb", "sluice") if i % 2 == 0 else ("sluice", "duckdb")
         print(f"run {i + 1}/{args.repeat}: {order[0]}, then {order[1]}", file=sys.stderr)
         for side in order:
-            if side == "duckdb":
-                figures, outputs["duckdb"] = run_duckdb(args, source)
-            else:
-                figures, outputs["sluice"] = run_sluice(args, source)
+            run = run_duckdb if side == "duckdb" else run_sluice
+            figures, outputs[side] = run(args, source)
             runs[side].append(figures)
     written = {name: read_back(path) for name, path in outputs.items()}
     problems = _check_rows(meta, written["sluice"], written["duckdb"])
